@@ -1,0 +1,235 @@
+"""The client: listeners in, callbacks called, one driver doing the server work."""
+
+import logging
+import threading
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
+
+import attr
+
+from .dispatcher import Dispatcher, ErrorHandler
+from .drivers.base import Driver
+from .errors import ConfigurationError, FlashError
+from .listener import Listener, ListenerConfig
+from .operations import Operation
+
+__all__ = ["Client", "ClientConfig"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _default_driver() -> Driver:
+    from .drivers.wal_logical import Driver as WalLogicalDriver
+
+    return WalLogicalDriver()
+
+
+def _check_timeout(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{attribute.name} must be a number of seconds >= 0; got {value!r}")
+
+
+def _check_optional_callable(_instance: Any, attribute: "attr.Attribute[Any]", value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{attribute.name} must be callable(exc, event) or None; got {value!r}")
+
+
+def _check_dsn(_instance: Any, attribute: "attr.Attribute[str]", value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            "database_cnx must be a connection string such as "
+            "'postgresql://user:password@localhost:5432/dbname'"
+        )
+
+
+def _check_driver(_instance: Any, attribute: "attr.Attribute[Driver]", value: Any) -> None:
+    if not isinstance(value, Driver):
+        raise ConfigurationError(f"driver must be a flash_wal Driver, got {value!r}")
+
+
+@attr.s(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """How a :class:`Client` connects and behaves."""
+
+    database_cnx: str = attr.ib(validator=_check_dsn)
+    driver: Driver = attr.ib(factory=_default_driver, validator=_check_driver)
+    #: Seconds close() waits for in-flight callbacks.
+    shutdown_timeout: float = attr.ib(default=10.0, validator=_check_timeout)
+    #: Called as on_error(exc, event) when a callback raises.
+    on_error: Optional[ErrorHandler] = attr.ib(default=None, validator=_check_optional_callable)
+    #: Events handed to workers and not yet handled, at most; past it reading pauses.
+    max_queued_events: int = attr.ib(default=10_000, validator=attr.validators.instance_of(int))
+
+
+class Client:
+    """Streams row changes from PostgreSQL to the callbacks of attached listeners.
+
+    ``Client(ClientConfig(database_cnx=...))`` or, the same, ``Client(database_cnx=...)``.
+    """
+
+    def __init__(self, config: Optional[ClientConfig] = None, **kwargs: Any) -> None:
+        if config is None:
+            config = ClientConfig(**kwargs)
+        elif kwargs:
+            raise ConfigurationError("pass either a ClientConfig or keyword arguments, not both")
+        elif not isinstance(config, ClientConfig):
+            raise ConfigurationError(f"expected a ClientConfig, got {config!r}")
+        self.config = config
+        self.driver = config.driver
+        self._lock = threading.RLock()
+        self._listeners: List[Listener] = []
+        self._dispatcher = Dispatcher(on_error=config.on_error, max_queued_events=config.max_queued_events)
+        self._state = "new"
+        self._done = threading.Event()
+        self._fatal: Optional[BaseException] = None
+
+    # --- listeners --------------------------------------------------------------------
+
+    def attach(self, *listeners: Listener) -> None:
+        """Attach listeners, before or after start(); after start they take effect at once."""
+        with self._lock:
+            for listener in listeners:
+                if not isinstance(listener, Listener):
+                    raise ConfigurationError(f"attach() takes Listener objects, got {listener!r}")
+                if listener in self._listeners:
+                    raise ConfigurationError(f"{listener!r} is already attached")
+            self._check_open()
+            wanted = self._listeners + list(listeners)
+            since_lsn = self.driver.listen(wanted) if self._state == "streaming" else 0
+            for listener in listeners:
+                self._dispatcher.attach(listener, since_lsn)
+            self._listeners = wanted
+
+    def detach(self, *listeners: Listener) -> None:
+        """Detach listeners; their callbacks are not called again once this returns."""
+        with self._lock:
+            for listener in listeners:
+                if listener not in self._listeners:
+                    raise ConfigurationError(f"{listener!r} is not attached")
+            remaining = [l for l in self._listeners if l not in listeners]
+            for listener in listeners:
+                self._dispatcher.detach(listener)
+            self._listeners = remaining
+            if self._state == "streaming":
+                self.driver.listen(remaining)
+
+    def on(
+        self, table: str, operations: Union[Operation, str] = Operation.ALL, **listener_options: Any
+    ) -> Callable[[F], F]:
+        """Decorator: listen to ``table`` and call the function for ``operations``.
+
+        Extra keyword arguments (fields, conditions, max_parallel) configure the
+        listener created for it.
+        """
+
+        def decorator(func: F) -> F:
+            listener = Listener(ListenerConfig(table=table, **listener_options))
+            listener.on(operations, func)
+            self.attach(listener)
+            return func
+
+        return decorator
+
+    def on_message(self, prefix: str) -> Callable[[F], F]:
+        """Decorator for logical decoding messages. Not available yet."""
+        raise NotImplementedError("on_message is not available yet")
+
+    @property
+    def listeners(self) -> List[Listener]:
+        return list(self._listeners)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Set up the server and start streaming; returns once changes are streaming."""
+        with self._lock:
+            if self._state != "new":
+                raise FlashError(f"the client is {self._state}; a Client starts once")
+            self._state = "starting"
+            try:
+                self.driver.start(
+                    self.config.database_cnx,
+                    self._dispatcher,
+                    list(self._listeners),
+                    shutdown_timeout=self.config.shutdown_timeout,
+                    on_fatal=self._on_fatal,
+                )
+            except BaseException:
+                self._state = "closed"
+                self._dispatcher.close()
+                self._done.set()
+                raise
+            self._state = "streaming"
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until close() or a fatal error, which is re-raised.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        finished = self._done.wait(timeout)
+        if self._fatal is not None:
+            raise self._fatal
+        return finished
+
+    def close(self) -> None:
+        """Stop streaming, drain in-flight callbacks within shutdown_timeout, clean up."""
+        with self._lock:
+            if self._state in ("new", "closed"):
+                self._state = "closed"
+                self._done.set()
+                return
+            self._state = "closing"
+        try:
+            if not self.driver.close():
+                logger.warning(
+                    "closed with callbacks still running after shutdown_timeout=%.1f s",
+                    self.config.shutdown_timeout,
+                )
+        finally:
+            self._dispatcher.close()
+            self._state = "closed"
+            self._done.set()
+            logger.info("closed")
+
+    def stats(self) -> Dict[str, Any]:
+        """Figures about delivery; see the API documentation for the keys."""
+        tracker = self._dispatcher.tracker
+        figures: Dict[str, Any] = {
+            "events_delivered": tracker.events_delivered,
+            "callbacks_failed": self._dispatcher.callbacks_failed,
+            "last_acked_lsn": tracker.acked_lsn,
+            "lag_bytes": None,
+            "queue_depth": tracker.queued_events,
+            "reconnects": 0,
+            "state": {"new": "starting", "closing": "closed"}.get(self._state, self._state),
+        }
+        if self._state == "streaming":
+            figures.update(self.driver.stats())
+        return figures
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        logger.error("replication failed: %s", exc)
+        self._fatal = exc
+        self._done.set()
+
+    def _check_open(self) -> None:
+        if self._state in ("closing", "closed"):
+            raise FlashError("the client is closed")
+
+    def __enter__(self) -> "Client":
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self._state} listeners={len(self._listeners)}>"

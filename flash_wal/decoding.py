@@ -1,0 +1,221 @@
+"""From pgoutput tuples to Python rows: the relation cache and the type casters.
+
+Text values are turned into Python objects by psycopg2's own typecasters, so a value
+decodes exactly as it would from a ``SELECT``. Each relation gets one
+:class:`RowDecoder`, built once from its Relation message: a tuple of column names and
+a tuple of casters indexed by column, so decoding a row is a single loop.
+
+The server formats the text (dates, intervals, floats); the replication connection
+pins those formats (see ``SESSION_SETTINGS``) so the casters always understand it.
+"""
+
+import logging
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from .errors import ProtocolError
+from .listener import TableName
+from .protocol import BinaryValue, Relation
+from .sentinels import UNCHANGED_TOAST
+
+__all__ = ["SESSION_SETTINGS", "TypeCasters", "RowDecoder", "RelationCache", "TypeInfo"]
+
+logger = logging.getLogger(__name__)
+
+#: Output formats pinned on every connection whose text flash_wal decodes.
+SESSION_SETTINGS: Mapping[str, str] = {
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "client_encoding": "UTF8",
+    "bytea_output": "hex",
+    "TimeZone": "UTC",
+}
+
+Caster = Any  # a psycopg2 typecaster, or any callable(text_or_bytes, cursor)
+TypeLookup = Callable[[Sequence[int]], Iterable["TypeInfo"]]
+
+_BYTEA_OID, _BYTEA_ARRAY_OID = 17, 1001
+_TYPECASTER = type(psycopg2.STRING)
+_UUID_OID, _UUID_ARRAY_OID = 2950, 2951
+
+
+class TypeInfo:
+    """The ``pg_type`` facts needed to build a caster for a type psycopg2 does not know."""
+
+    __slots__ = ("oid", "name", "kind", "base_oid", "element_oid")
+
+    def __init__(self, oid: int, name: str, kind: str, base_oid: int, element_oid: int) -> None:
+        self.oid = oid
+        self.name = name
+        self.kind = kind  # pg_type.typtype: b base, d domain, e enum, c composite, r range...
+        self.base_oid = base_oid
+        self.element_oid = element_oid
+
+
+#: Looks up the types a TypeCasters does not know; run on a normal (non-replication)
+#: connection. Array types are recognised by pg_type.typelem with typlen = -1.
+TYPE_INFO_QUERY = (
+    "SELECT oid::int8, typname, typtype, typbasetype::int8,"
+    " CASE WHEN typlen = -1 THEN typelem::int8 ELSE 0 END"
+    " FROM pg_catalog.pg_type WHERE oid = ANY(%s::oid[])"
+)
+
+
+def lookup_types_with(cursor: Any) -> TypeLookup:
+    """A :data:`TypeLookup` that queries ``pg_type`` through ``cursor``."""
+
+    def lookup(oids: Sequence[int]) -> Iterable[TypeInfo]:
+        cursor.execute(TYPE_INFO_QUERY, (list(oids),))
+        return [TypeInfo(*row) for row in cursor.fetchall()]
+
+    return lookup
+
+
+def _bytea(value: Any, cursor: Any) -> Optional[bytes]:
+    view = psycopg2.BINARY(value, cursor)
+    return None if view is None else bytes(view)
+
+
+def _memoryviews_to_bytes(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_memoryviews_to_bytes(item) for item in value]
+    return None if value is None else bytes(value)
+
+
+def _bytea_array(value: Any, cursor: Any) -> Any:
+    # psycopg2 gives memoryviews; the API promises bytes.
+    return _memoryviews_to_bytes(psycopg2.extensions.BINARYARRAY(value, cursor))
+
+
+class TypeCasters:
+    """Casters by type OID: psycopg2's built-in ones, uuid, and what ``pg_type`` tells.
+
+    Enums decode as str, domains as their base type, arrays of either as lists; a
+    type that cannot be resolved decodes as str. Each OID is looked up once.
+    """
+
+    def __init__(self, cursor: Any, lookup: Optional[TypeLookup] = None) -> None:
+        self.cursor = cursor
+        self._lookup = lookup
+        self._casters: Dict[int, Caster] = dict(psycopg2.extensions.string_types)
+        # register_uuid on our own cursor creates the casters without touching
+        # the process-wide registry the application may rely on.
+        psycopg2.extras.register_uuid(conn_or_curs=cursor)
+        self._casters[_UUID_OID] = psycopg2.extensions.UUID
+        self._casters[_UUID_ARRAY_OID] = psycopg2.extensions.UUIDARRAY
+        self._casters[_BYTEA_OID] = _bytea
+        self._casters[_BYTEA_ARRAY_OID] = _bytea_array
+        self._resolved: set = set(self._casters)
+
+    def caster(self, oid: int) -> Caster:
+        if oid not in self._resolved:
+            self.resolve([oid])
+        return self._casters.get(oid, psycopg2.STRING)
+
+    def resolve(self, oids: Iterable[int]) -> None:
+        """Look up, in one query per level of nesting, the OIDs not known yet."""
+        pending = {oid for oid in oids if oid not in self._resolved}
+        infos: Dict[int, TypeInfo] = {}
+        while pending and self._lookup is not None:
+            try:
+                found = {info.oid: info for info in self._lookup(sorted(pending))}
+            except psycopg2.Error as exc:
+                logger.warning("could not look up types %s, decoding them as text: %s", sorted(pending), exc)
+                break
+            infos.update(found)
+            self._resolved.update(pending)
+            pending = {
+                dependency
+                for info in found.values()
+                for dependency in (info.base_oid, info.element_oid)
+                if dependency and dependency not in self._resolved and dependency not in infos
+            }
+        for oid in sorted(infos):
+            self._build(oid, infos)
+        self._resolved.update(infos)
+
+    def _build(self, oid: int, infos: Dict[int, TypeInfo]) -> Caster:
+        if oid in self._casters:
+            return self._casters[oid]
+        info = infos.get(oid)
+        caster: Caster = psycopg2.STRING
+        if info is not None:
+            if info.kind == "d":
+                caster = self._build(info.base_oid, infos)
+            elif info.element_oid:
+                element = self._build(info.element_oid, infos)
+                if isinstance(element, _TYPECASTER):
+                    caster = psycopg2.extensions.new_array_type((oid,), info.name.upper(), element)
+        self._casters[oid] = caster
+        return caster
+
+
+class RowDecoder:
+    """Decodes the tuples of one relation into ``{column: value}`` dicts."""
+
+    __slots__ = ("relation", "table", "names", "casters", "key_names", "cursor")
+
+    def __init__(self, relation: Relation, casters: TypeCasters) -> None:
+        self.relation = relation
+        namespace = relation.namespace or "pg_catalog"
+        self.table = TableName(namespace, relation.name)
+        self.names: Tuple[str, ...] = tuple(column.name for column in relation.columns)
+        self.casters: Tuple[Caster, ...] = tuple(casters.caster(column.type_oid) for column in relation.columns)
+        self.key_names: Tuple[str, ...] = tuple(column.name for column in relation.columns if column.is_key)
+        self.cursor = casters.cursor
+
+    def decode(self, values: Sequence[Any]) -> Dict[str, Any]:
+        if len(values) != len(self.names):
+            raise ProtocolError(
+                f"relation {self.table} has {len(self.names)} columns but the tuple has {len(values)}"
+            )
+        cursor = self.cursor
+        row = {}
+        for name, cast, value in zip(self.names, self.casters, values):
+            if value.__class__ is bytes:
+                row[name] = cast(value, cursor)
+            elif value.__class__ is BinaryValue:
+                row[name] = value.data
+            else:  # None or UNCHANGED_TOAST
+                row[name] = value
+        return row
+
+    def decode_key(self, values: Sequence[Any]) -> Dict[str, Any]:
+        """Decode an old tuple sent as key only: non-key columns were sent as NULL."""
+        row = self.decode(values)
+        return {name: row[name] for name in self.key_names}
+
+
+class RelationCache:
+    """Relation OID -> :class:`RowDecoder`, kept current by Relation messages."""
+
+    def __init__(self, casters: TypeCasters) -> None:
+        self.casters = casters
+        self._decoders: Dict[int, RowDecoder] = {}
+
+    def update(self, relation: Relation) -> RowDecoder:
+        self.casters.resolve(column.type_oid for column in relation.columns)
+        decoder = RowDecoder(relation, self.casters)
+        self._decoders[relation.relid] = decoder
+        return decoder
+
+    def get(self, relid: int) -> RowDecoder:
+        try:
+            return self._decoders[relid]
+        except KeyError:
+            raise ProtocolError(f"change for relation {relid} before its Relation message") from None
+
+
+def fill_unchanged_toast(new: Dict[str, Any], old: Optional[Mapping[str, Any]]) -> None:
+    """Replace UNCHANGED_TOAST in ``new`` with the old row's value, when it has one."""
+    if old is None:
+        return
+    for name, value in new.items():
+        if value is UNCHANGED_TOAST:
+            previous = old.get(name, UNCHANGED_TOAST)
+            if previous is not UNCHANGED_TOAST:
+                new[name] = previous

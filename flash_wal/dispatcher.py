@@ -1,0 +1,394 @@
+"""Fan-out of decoded changes to listeners, and the bookkeeping behind acknowledgement.
+
+The replication thread calls :meth:`Dispatcher.begin`, :meth:`Dispatcher.dispatch`
+and :meth:`Dispatcher.commit`; nothing else does. It turns each change into one event
+per interested listener and hands the events to that listener's workers in batches,
+so the cost of crossing threads is paid per batch, not per event.
+
+A listener with ``max_parallel=1`` has one worker: its callbacks run one at a time in
+commit order. With N > 1 (or -1, unbounded) events are handed out one by one to up to
+N workers. Whatever the setting, a transaction is done only when every task holding
+one of its events has run, and :class:`AckTracker` acknowledges done transactions in
+commit order only.
+"""
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent
+from .listener import Listener, TableName
+from .operations import Operation
+
+__all__ = ["Change", "Transaction", "AckTracker", "Route", "Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+ErrorHandler = Callable[[BaseException, Any], Any]
+
+INSERT, UPDATE, DELETE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE
+
+#: Events a max_parallel=1 listener gets per hand-off at most.
+BATCH_SIZE = 256
+
+
+class Change:
+    """One decoded row change, before it is shaped for each listener."""
+
+    __slots__ = ("operation", "table", "lsn", "old", "new", "cascade", "restart_identity")
+
+    def __init__(
+        self,
+        operation: Operation,
+        table: TableName,
+        lsn: int,
+        old: Optional[Dict[str, Any]] = None,
+        new: Optional[Dict[str, Any]] = None,
+        cascade: bool = False,
+        restart_identity: bool = False,
+    ) -> None:
+        self.operation = operation
+        self.table = table
+        self.lsn = lsn
+        self.old = old
+        self.new = new
+        self.cascade = cascade
+        self.restart_identity = restart_identity
+
+
+class Transaction:
+    """A transaction being delivered: what it is, and how much of it is still running."""
+
+    __slots__ = ("commit_lsn", "end_lsn", "xid", "commit_time", "pending", "closed")
+
+    def __init__(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> None:
+        self.commit_lsn = commit_lsn
+        self.end_lsn = 0
+        self.xid = xid
+        self.commit_time = commit_time
+        self.pending = 0  # tasks handed to workers and not finished yet
+        self.closed = False  # its Commit has been read
+
+
+class AckTracker:
+    """Finds the newest transaction that, with all before it, has run every callback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._open: Deque[Transaction] = collections.deque()
+        self._queued_events = 0
+        self._tasks = 0
+        self.acked_lsn = 0
+        self.events_delivered = 0
+
+    def begin(self, txn: Transaction) -> None:
+        with self._lock:
+            self._open.append(txn)
+
+    def add_task(self, txn: Transaction, events: int) -> None:
+        with self._lock:
+            txn.pending += 1
+            self._tasks += 1
+            self._queued_events += events
+
+    def task_done(self, txn: Transaction, events: int) -> None:
+        with self._lock:
+            txn.pending -= 1
+            self._tasks -= 1
+            self._queued_events -= events
+            self.events_delivered += events
+            if txn.closed and not txn.pending:
+                self._advance()
+            self._changed.notify_all()
+
+    def commit(self, txn: Transaction, end_lsn: int) -> None:
+        with self._lock:
+            txn.end_lsn = end_lsn
+            txn.closed = True
+            if not txn.pending:
+                self._advance()
+
+    def _advance(self) -> None:
+        open_txns = self._open
+        while open_txns and open_txns[0].closed and not open_txns[0].pending:
+            done = open_txns.popleft()
+            if done.end_lsn > self.acked_lsn:
+                self.acked_lsn = done.end_lsn
+
+    @property
+    def queued_events(self) -> int:
+        return self._queued_events
+
+    def in_flight(self) -> bool:
+        """Whether any transaction read from the server is not acknowledged yet."""
+        return bool(self._open)
+
+    def wait_drained(self, timeout: Optional[float]) -> bool:
+        """Wait until every task handed to workers has run; False on timeout."""
+        with self._lock:
+            return self._changed.wait_for(lambda: not self._tasks, timeout)
+
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        with self._lock:
+            return self._changed.wait_for(lambda: self._queued_events < limit, timeout)
+
+    def wake(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
+
+
+class _Task:
+    __slots__ = ("route", "txn", "events")
+
+    def __init__(self, route: "Route", txn: Transaction, events: List[Event]) -> None:
+        self.route = route
+        self.txn = txn
+        self.events = events
+
+
+class _Workers:
+    """Up to ``limit`` threads (-1: as many as there are tasks) running one listener's tasks."""
+
+    def __init__(self, name: str, limit: int, run: Callable[[_Task], None]) -> None:
+        self._name = name
+        self._limit = limit
+        self._run_task = run
+        self._cond = threading.Condition()
+        self._tasks: Deque[_Task] = collections.deque()
+        self._threads: List[threading.Thread] = []
+        self._waiting = 0
+        self._closed = False
+
+    def put(self, task: _Task) -> None:
+        with self._cond:
+            self._tasks.append(task)
+            if self._waiting:
+                self._waiting -= 1
+                self._cond.notify()
+            elif self._limit == -1 or len(self._threads) < self._limit:
+                thread = threading.Thread(
+                    target=self._loop, name=f"flash_wal-{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def _loop(self) -> None:
+        cond, tasks = self._cond, self._tasks
+        while True:
+            with cond:
+                while not tasks:
+                    if self._closed:
+                        return
+                    self._waiting += 1
+                    cond.wait()
+                task = tasks.popleft()
+            self._run_task(task)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._waiting = 0
+            self._cond.notify_all()
+
+
+class Route:
+    """One attached listener: how its events are shaped and where they go."""
+
+    def __init__(self, listener: Listener, since_lsn: int, workers: _Workers) -> None:
+        self.listener = listener
+        config = listener.config
+        self.fields = config.fields
+        self.conditions = config.conditions
+        self.plain = not config.fields and not config.conditions
+        self.since_lsn = since_lsn
+        self.batch_size = BATCH_SIZE if config.max_parallel == 1 else 1
+        self.workers = workers
+        self.active = True
+        self.pending: List[Event] = []  # touched by the replication thread only
+        self.pending_txn: Optional[Transaction] = None
+
+    def matches(self, row: Optional[Dict[str, Any]]) -> bool:
+        return row is not None and all(condition.holds(row) for condition in self.conditions)
+
+    def project(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        if not self.fields:
+            return row
+        return {field: row[field] for field in self.fields if field in row}
+
+    def event_for(self, change: Change, txn: Transaction) -> Optional[Event]:
+        """The event this listener gets for ``change``, or None."""
+        op = change.operation
+        meta = dict(
+            table=str(change.table), lsn=change.lsn, commit_lsn=txn.commit_lsn,
+            xid=txn.xid, commit_time=txn.commit_time,
+        )
+        if op is INSERT:
+            if self.conditions and not self.matches(change.new):
+                return None
+            return InsertEvent(self.project(change.new), **meta)
+        if op is UPDATE:
+            old, new = change.old, change.new
+            if self.conditions:
+                new_matches = self.matches(new)
+                if old is not None:
+                    old_matches = self.matches(old)
+                    if old_matches and not new_matches:
+                        return DeleteEvent(self.project(old), **meta)
+                    if new_matches and not old_matches:
+                        return InsertEvent(self.project(new), **meta)
+                if not new_matches:
+                    return None
+            if self.fields and old is not None and all(
+                old.get(field) == new.get(field) for field in self.fields
+            ):
+                return None
+            return UpdateEvent(None if old is None else self.project(old), self.project(new), **meta)
+        if op is DELETE:
+            if self.conditions and not self.matches(change.old):
+                return None
+            return DeleteEvent(self.project(change.old), **meta)
+        return TruncateEvent(cascade=change.cascade, restart_identity=change.restart_identity, **meta)
+
+
+class Dispatcher:
+    """Routes changes to attached listeners and runs their callbacks on worker threads."""
+
+    def __init__(self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000) -> None:
+        self.tracker = AckTracker()
+        self.max_queued_events = max_queued_events
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        # Both maps are replaced whole on change, so the replication thread reads
+        # them without a lock.
+        self._routes: Dict[TableName, Tuple[Route, ...]] = {}
+        self._by_listener: Dict[Listener, Route] = {}
+        self.callbacks_failed = 0
+        self._started_batches: List[Route] = []  # routes with pending events (replication thread)
+
+    # --- listeners (any thread) -------------------------------------------------------
+
+    def attach(self, listener: Listener, since_lsn: int = 0) -> None:
+        """Route changes committed after ``since_lsn`` on the listener's table to it."""
+        with self._lock:
+            workers = _Workers(str(listener.table), listener.config.max_parallel, self._run)
+            route = Route(listener, since_lsn, workers)
+            by_listener = dict(self._by_listener)
+            by_listener[listener] = route
+            routes = dict(self._routes)
+            routes[listener.table] = routes.get(listener.table, ()) + (route,)
+            self._by_listener, self._routes = by_listener, routes
+
+    def detach(self, listener: Listener) -> None:
+        """Stop routing to ``listener``; its queued events are dropped."""
+        with self._lock:
+            by_listener = dict(self._by_listener)
+            route = by_listener.pop(listener)
+            route.active = False
+            routes = dict(self._routes)
+            remaining = tuple(r for r in routes[listener.table] if r is not route)
+            if remaining:
+                routes[listener.table] = remaining
+            else:
+                del routes[listener.table]
+            self._by_listener, self._routes = by_listener, routes
+        route.workers.close()
+
+    def routes_for(self, table: TableName) -> Tuple[Route, ...]:
+        return self._routes.get(table, ())
+
+    @property
+    def listeners(self) -> Tuple[Listener, ...]:
+        return tuple(self._by_listener)
+
+    # --- the replication thread -------------------------------------------------------
+
+    def begin(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> Transaction:
+        txn = Transaction(commit_lsn, xid, commit_time)
+        self.tracker.begin(txn)
+        return txn
+
+    def dispatch(self, txn: Transaction, change: Change, routes: Tuple[Route, ...]) -> None:
+        plain_event = None
+        for route in routes:
+            if txn.commit_lsn <= route.since_lsn or not route.active:
+                continue
+            if not route.listener.callbacks_for(change.operation):
+                # No callback wants the operation; an UPDATE may still become an
+                # INSERT or DELETE through the listener's conditions.
+                if change.operation is not UPDATE or not route.conditions:
+                    continue
+            if route.plain:
+                if plain_event is None:
+                    plain_event = route.event_for(change, txn)
+                event = plain_event
+            else:
+                event = route.event_for(change, txn)
+                if event is None or not route.listener.callbacks_for(event.operation):
+                    continue
+            pending = route.pending
+            if not pending:
+                route.pending_txn = txn
+                self._started_batches.append(route)
+            pending.append(event)
+            if len(pending) >= route.batch_size:
+                self._hand_off(route)
+
+    def flush(self) -> None:
+        """Hand every partly filled batch to its workers."""
+        for route in self._started_batches:
+            if route.pending:
+                self._hand_off(route)
+        self._started_batches.clear()
+
+    def commit(self, txn: Transaction, end_lsn: int) -> None:
+        self.flush()
+        self.tracker.commit(txn, end_lsn)
+
+    def has_room(self) -> bool:
+        return self.tracker.queued_events < self.max_queued_events
+
+    def _hand_off(self, route: Route) -> None:
+        events, route.pending = route.pending, []
+        txn = route.pending_txn
+        self.tracker.add_task(txn, len(events))
+        route.workers.put(_Task(route, txn, events))
+
+    # --- worker threads ---------------------------------------------------------------
+
+    def _run(self, task: _Task) -> None:
+        route = task.route
+        try:
+            if route.active:
+                callbacks_for = route.listener.callbacks_for
+                for event in task.events:
+                    for callback in callbacks_for(event.operation):
+                        try:
+                            callback(event)
+                        except Exception as exc:  # a user callback: report and go on
+                            self._callback_failed(exc, event, callback)
+        finally:
+            self.tracker.task_done(task.txn, len(task.events))
+
+    def _callback_failed(self, exc: Exception, event: Event, callback: Any) -> None:
+        with self._lock:
+            self.callbacks_failed += 1
+        logger.error("callback %r failed on %r", callback, event, exc_info=exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(exc, event)
+            except Exception:
+                logger.exception("on_error handler %r failed", self._on_error)
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def drain(self, timeout: Optional[float]) -> bool:
+        return self.tracker.wait_drained(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            routes = list(self._by_listener.values())
+        for route in routes:
+            route.workers.close()

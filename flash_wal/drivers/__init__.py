@@ -1,0 +1,5 @@
+"""Drivers: where the changes come from. See :class:`flash_wal.drivers.base.Driver`."""
+
+from .base import Driver
+
+__all__ = ["Driver"]

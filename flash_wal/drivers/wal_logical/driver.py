@@ -1,0 +1,266 @@
+"""The wal_logical driver: configuration, server set-up and the client-facing calls."""
+
+import logging
+import re
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+
+import attr
+import psycopg2
+import psycopg2.errorcodes
+
+from ...connection import connect, mask_dsn
+from ...dispatcher import Dispatcher
+from ...errors import ConfigurationError, FlashError
+from ...listener import Listener, TableName
+from .. import base
+from . import server
+from .stream import ReplicationThread
+
+__all__ = ["Driver", "DriverConfig"]
+
+logger = logging.getLogger(__name__)
+
+_SERVER_NAME = re.compile(r"[a-z0-9_]+")
+_MAX_NAME_BYTES = 63
+
+
+def _check_server_name(_instance: Any, attribute: "attr.Attribute[str]", value: Any) -> None:
+    if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value) or len(value) > _MAX_NAME_BYTES:
+        raise ConfigurationError(
+            f"{attribute.name} must be 1 to {_MAX_NAME_BYTES} lower-case letters, digits or "
+            f"underscores (it names objects on the server); got {value!r}"
+        )
+
+
+def _check_positive(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be a positive number of seconds; got {value!r}")
+
+
+@attr.s(frozen=True, slots=True, kw_only=True)
+class DriverConfig:
+    """Settings of the wal_logical driver. Every instance needs its own names."""
+
+    #: Start of the name of every publication this driver creates.
+    publication_slot_prefix: str = attr.ib(default="flash_publication", validator=_check_server_name)
+    #: The replication slot's exact name.
+    replication_slot: str = attr.ib(default="flash_replication", validator=_check_server_name)
+    #: Let the server stream large transactions while in progress (PostgreSQL 14+).
+    use_streaming: bool = attr.ib(default=False, validator=attr.validators.instance_of(bool))
+    #: Keep slot and publication across restarts and resume where the last run stopped.
+    durable: bool = attr.ib(default=False, validator=attr.validators.instance_of(bool))
+    #: Set REPLICA IDENTITY FULL on listened tables so old rows arrive whole.
+    replica_identity_full: bool = attr.ib(default=True, validator=attr.validators.instance_of(bool))
+    #: Seconds between standby status updates to the server while streaming.
+    status_interval: float = attr.ib(default=10.0, validator=_check_positive)
+    #: Seconds start() waits for a slot still held by the walsender of a client that died.
+    slot_wait_timeout: float = attr.ib(default=5.0, validator=_check_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.publication_name) > _MAX_NAME_BYTES:
+            raise ConfigurationError(
+                f"publication_slot_prefix and replication_slot together name the publication "
+                f"{self.publication_name!r}, longer than {_MAX_NAME_BYTES} bytes; shorten them"
+            )
+
+    @property
+    def publication_name(self) -> str:
+        """The publication's name: derived from both names, so a restart finds it again."""
+        return f"{self.publication_slot_prefix}_{self.replication_slot}"
+
+
+class Driver(base.Driver):
+    """Logical replication with pgoutput. ``Driver()`` uses every default."""
+
+    def __init__(self, config: Optional[DriverConfig] = None, **kwargs: Any) -> None:
+        if config is None:
+            config = DriverConfig(**kwargs)
+        elif kwargs:
+            raise ConfigurationError("pass either a DriverConfig or keyword arguments, not both")
+        if config.durable:
+            raise NotImplementedError("durable=True is not available yet; use durable=False")
+        if config.use_streaming:
+            raise NotImplementedError("use_streaming=True is not available yet; use use_streaming=False")
+        self.config = config
+        self._lock = threading.Lock()  # one user of the query connection at a time
+        self._dsn: Optional[str] = None
+        self._query: Any = None
+        self._thread: Optional[ReplicationThread] = None
+        self._tables: Set[TableName] = set()
+        self.server_version = 0
+        self.protocol_version = 0
+
+    # --- base.Driver ------------------------------------------------------------------
+
+    def start(
+        self,
+        database_cnx: str,
+        dispatcher: Dispatcher,
+        listeners: Sequence[Listener],
+        *,
+        shutdown_timeout: float,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        if self._dsn is not None:
+            raise FlashError("this Driver has already been started; give each Client its own Driver")
+        self._dsn = database_cnx
+        config = self.config
+        published = False
+        try:
+            self._query = self._connect_query()
+            cursor = self._query.cursor()
+            self.server_version = server.server_version(cursor)
+            self.protocol_version = server.protocol_version_for(self.server_version)
+            server.check_server(cursor, config.replication_slot)
+            infos = self._describe(cursor, listeners)
+            self._claim_slot(cursor)
+            server.create_publication(cursor, config.publication_name, infos)
+            published = True
+            if config.replica_identity_full:
+                server.set_replica_identity_full(cursor, infos.values())
+            self._tables = set(infos)
+            self._thread = ReplicationThread(
+                connect=lambda replication: connect(database_cnx, replication=replication),
+                slot=config.replication_slot,
+                plugin_options=self._plugin_options(),
+                protocol_version=self.protocol_version,
+                dispatcher=dispatcher,
+                status_interval=config.status_interval,
+                shutdown_timeout=shutdown_timeout,
+                on_fatal=on_fatal,
+            )
+            self._thread.start_streaming(timeout=60.0)
+            logger.info(
+                "streaming from %s: slot %s, publication %s, pgoutput protocol %d",
+                mask_dsn(database_cnx), config.replication_slot, config.publication_name,
+                self.protocol_version,
+            )
+        except BaseException as exc:
+            self._clean_up_failed_start(published)
+            error = _as_setup_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def listen(self, listeners: Sequence[Listener]) -> int:
+        with self._lock:
+            cursor = self._query.cursor()
+            try:
+                infos = self._describe(cursor, listeners)
+                wanted = set(infos)
+                added = wanted - self._tables
+                if added and self.config.replica_identity_full:
+                    server.set_replica_identity_full(cursor, (infos[t] for t in added))
+                server.alter_publication(
+                    cursor, self.config.publication_name, add=added, drop=self._tables - wanted
+                )
+                self._tables = wanted
+                return server.current_wal_lsn(cursor)
+            except psycopg2.Error as exc:
+                raise _as_setup_error(exc) from exc
+
+    def close(self) -> bool:
+        drained = True
+        thread = self._thread
+        if thread is not None:
+            thread.stop()
+            thread.join()
+            drained = thread.drained
+        with self._lock:
+            if self._query is not None:
+                try:
+                    self._remove_server_objects()
+                finally:
+                    self._query.close()
+                    self._query = None
+        return drained
+
+    def stats(self) -> Dict[str, Any]:
+        with self._lock:
+            if self._query is None:
+                return {"lag_bytes": None}
+            cursor = self._query.cursor()
+            cursor.execute(
+                "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
+                " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                (self.config.replication_slot,),
+            )
+            row = cursor.fetchone()
+            return {"lag_bytes": None if row is None else row[0]}
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _connect_query(self) -> Any:
+        try:
+            return connect(self._dsn)
+        except psycopg2.OperationalError as exc:
+            raise FlashError(
+                f"cannot connect to {mask_dsn(self._dsn)}: {str(exc).strip()}. "
+                "Check database_cnx and that the server is running"
+            ) from exc
+
+    def _describe(self, cursor: Any, listeners: Sequence[Listener]) -> Dict[TableName, server.TableInfo]:
+        infos = server.describe_tables(cursor, (listener.table for listener in listeners))
+        for listener in listeners:
+            server.check_listener_columns(listener, infos[listener.table])
+        return infos
+
+    def _claim_slot(self, cursor: Any) -> None:
+        slot = self.config.replication_slot
+        state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
+        if state is None:
+            return
+        if state.active_pid is not None:
+            raise ConfigurationError(
+                f"replication slot {slot!r} is in use by another running instance (walsender "
+                f"pid {state.active_pid}); give each instance its own replication_slot and "
+                "publication_slot_prefix, or stop the other one"
+            )
+        logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
+        server.drop_slot(cursor, slot)
+
+    def _plugin_options(self) -> Dict[str, str]:
+        options = {
+            "proto_version": str(self.protocol_version),
+            "publication_names": self.config.publication_name,
+        }
+        if self.server_version >= 140000:
+            options["messages"] = "true"
+        return options
+
+    def _remove_server_objects(self) -> None:
+        cursor = self._query.cursor()
+        server.drop_publication(cursor, self.config.publication_name)
+        # The temporary slot goes when its walsender exits, a moment after we disconnect.
+        state = server.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=True)
+        if state is not None and state.active_pid is None:
+            server.drop_slot(cursor, self.config.replication_slot)
+
+    def _clean_up_failed_start(self, published: bool) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread.join()
+            self._thread = None
+        if self._query is None:
+            return
+        try:
+            if published:
+                self._remove_server_objects()
+        except psycopg2.Error:
+            logger.warning("could not remove the server objects of a failed start", exc_info=True)
+        finally:
+            self._query.close()
+            self._query = None
+
+
+def _as_setup_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, FlashError) or not isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, psycopg2.Error) and exc.pgcode == psycopg2.errorcodes.INSUFFICIENT_PRIVILEGE:
+        return ConfigurationError(
+            f"the server refused: {exc.pgerror.strip() if exc.pgerror else exc}. flash_wal must "
+            "own the listened tables to publish them (and to set REPLICA IDENTITY FULL, which "
+            "DriverConfig(replica_identity_full=False) skips)"
+        )
+    return FlashError(f"could not set up replication: {str(exc).strip()}")

@@ -1,0 +1,229 @@
+"""The SQL side of the wal_logical driver: checks, publications, slots.
+
+Every function takes a cursor of an autocommit (non-replication) connection. Names are
+quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
+"""
+
+import logging
+import time
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+
+import attr
+from psycopg2 import sql
+
+from ...errors import ConfigurationError
+from ...listener import Listener, TableName
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_ALL = "insert, update, delete, truncate"
+
+
+@attr.s(frozen=True, slots=True)
+class TableInfo:
+    name: TableName = attr.ib()
+    oid: int = attr.ib()
+    columns: Sequence[str] = attr.ib()
+    replica_identity: str = attr.ib()
+
+
+def server_version(cursor) -> int:
+    cursor.execute("SELECT current_setting('server_version_num')::int")
+    return cursor.fetchone()[0]
+
+
+def protocol_version_for(version_num: int) -> int:
+    """The highest pgoutput protocol version a server supports."""
+    if version_num >= 160000:
+        return 4
+    if version_num >= 150000:
+        return 3
+    if version_num >= 140000:
+        return 2
+    return 1
+
+
+def current_wal_lsn(cursor) -> int:
+    cursor.execute("SELECT (pg_catalog.pg_current_wal_lsn() - '0/0'::pg_lsn)::int8")
+    return cursor.fetchone()[0]
+
+
+def check_server(cursor, slot: str) -> None:
+    """Raise ConfigurationError, saying what to change, when the server cannot serve us."""
+    cursor.execute(
+        "SELECT current_setting('wal_level'),"
+        " current_setting('max_replication_slots')::int,"
+        " current_setting('max_wal_senders')::int,"
+        " current_user,"
+        " (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
+        " (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name <> %s),"
+        " (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender')",
+        (slot,),
+    )
+    wal_level, max_slots, max_senders, user, can_replicate, other_slots, senders = cursor.fetchone()
+    if wal_level != "logical":
+        raise ConfigurationError(
+            f"the server's wal_level is {wal_level!r}; logical replication needs 'logical'. "
+            "Run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) "
+            "and restart the server"
+        )
+    if not can_replicate:
+        raise ConfigurationError(
+            f"the role {user!r} may not start replication; run ALTER ROLE {user} REPLICATION "
+            "as a superuser, or connect as a role that has the REPLICATION attribute"
+        )
+    if other_slots >= max_slots:
+        raise ConfigurationError(
+            f"no free replication slot: all max_replication_slots={max_slots} are in use. "
+            "Drop unused slots (SELECT pg_drop_replication_slot(slot_name) FROM "
+            "pg_replication_slots WHERE NOT active) or raise max_replication_slots and restart"
+        )
+    if senders >= max_senders:
+        raise ConfigurationError(
+            f"no free WAL sender: all max_wal_senders={max_senders} are busy. "
+            "Stop other replication clients or raise max_wal_senders and restart the server"
+        )
+
+
+def describe_tables(cursor, tables: Iterable[TableName]) -> Dict[TableName, TableInfo]:
+    """Look the tables up; raise ConfigurationError naming any that does not exist."""
+    wanted = sorted(set(tables), key=str)
+    if not wanted:
+        return {}
+    cursor.execute(
+        "SELECT n.nspname, c.relname, c.oid::int8, c.relreplident,"
+        " ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a"
+        "       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        "       ORDER BY a.attnum)"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN unnest(%s::text[], %s::text[]) AS w(nspname, relname)"
+        "   ON w.nspname = n.nspname::text AND w.relname = c.relname::text"
+        " WHERE c.relkind IN ('r', 'p')",
+        ([t.schema for t in wanted], [t.name for t in wanted]),
+    )
+    found = {
+        TableName(schema, name): TableInfo(TableName(schema, name), oid, tuple(columns), replident)
+        for schema, name, oid, replident, columns in cursor.fetchall()
+    }
+    missing = [str(t) for t in wanted if t not in found]
+    if missing:
+        raise ConfigurationError(
+            f"table {', '.join(missing)} does not exist (or is not a table). Create it, or fix "
+            "the listener's table name: unquoted names are folded to lower case, so write "
+            "'\"MyTable\"' for a mixed-case name"
+        )
+    return found
+
+
+def check_listener_columns(listener: Listener, info: TableInfo) -> None:
+    columns = set(info.columns)
+    config = listener.config
+    unknown = [f for f in config.fields if f not in columns]
+    unknown += [c.column for c in config.conditions if c.column not in columns]
+    if unknown:
+        raise ConfigurationError(
+            f"table {info.name} has no column {', '.join(repr(u) for u in unknown)} "
+            f"(it has {', '.join(info.columns)}); fix the listener's fields or conditions"
+        )
+
+
+def table_identifier(table: TableName) -> sql.Composable:
+    return sql.SQL(".").join([sql.Identifier(table.schema), sql.Identifier(table.name)])
+
+
+def set_replica_identity_full(cursor, infos: Iterable[TableInfo]) -> None:
+    for info in infos:
+        if info.replica_identity != "f":
+            logger.info("setting REPLICA IDENTITY FULL on %s", info.name)
+            cursor.execute(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table_identifier(info.name))
+            )
+
+
+def publication_exists(cursor, name: str) -> bool:
+    cursor.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,))
+    return cursor.fetchone() is not None
+
+
+def create_publication(cursor, name: str, tables: Iterable[TableName]) -> None:
+    """Create the publication afresh, replacing a leftover of the same name."""
+    tables = sorted(set(tables), key=str)
+    cursor.execute("BEGIN")
+    try:
+        cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+        create = sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
+        if tables:
+            create += sql.SQL(" FOR TABLE {}").format(sql.SQL(", ").join(map(table_identifier, tables)))
+        create += sql.SQL(" WITH (publish = {})").format(sql.Literal(PUBLISH_ALL))
+        cursor.execute(create)
+        cursor.execute("COMMIT")
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+
+
+def alter_publication(cursor, name: str, add: Iterable[TableName], drop: Iterable[TableName]) -> None:
+    add, drop = sorted(set(add), key=str), sorted(set(drop), key=str)
+    publication = sql.Identifier(name)
+    if add:
+        cursor.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                publication, sql.SQL(", ").join(map(table_identifier, add))
+            )
+        )
+    if drop:
+        cursor.execute(
+            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                publication, sql.SQL(", ").join(map(table_identifier, drop))
+            )
+        )
+
+
+def drop_publication(cursor, name: str) -> None:
+    cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@attr.s(frozen=True, slots=True)
+class SlotState:
+    name: str = attr.ib()
+    plugin: Optional[str] = attr.ib()
+    database: Optional[str] = attr.ib()
+    temporary: bool = attr.ib()
+    active_pid: Optional[int] = attr.ib()
+
+
+def slot_state(cursor, slot: str) -> Optional[SlotState]:
+    cursor.execute(
+        "SELECT slot_name::text, plugin::text, database::text, temporary, active_pid"
+        " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
+    row = cursor.fetchone()
+    return None if row is None else SlotState(*row)
+
+
+def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
+    """Wait until the slot is inactive (or, with ``gone``, no longer exists).
+
+    A client killed without closing leaves its walsender running until the server
+    notices the broken connection, usually within milliseconds; until then its slot is
+    active. Returns the slot's last state.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        state = slot_state(cursor, slot)
+        if state is None or (state.active_pid is None and not gone):
+            return state
+        if time.monotonic() >= deadline:
+            return state
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def drop_slot(cursor, slot: str) -> None:
+    cursor.execute(
+        "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots"
+        " WHERE slot_name = %s AND active_pid IS NULL",
+        (slot,),
+    )

@@ -1,0 +1,20 @@
+"""The exceptions flash_wal raises. Every one derives from :class:`FlashError`."""
+
+
+class FlashError(Exception):
+    """Base class of every error raised by flash_wal."""
+
+
+class ConfigurationError(FlashError, ValueError):
+    """The configuration is invalid, or the server cannot be used as configured.
+
+    The message says what to change.
+    """
+
+
+class ProtocolError(FlashError):
+    """A pgoutput frame could not be decoded."""
+
+
+class ReplicationError(FlashError):
+    """The replication stream failed while running (connection lost, server error)."""

@@ -1,0 +1,89 @@
+"""The typed events delivered to callbacks.
+
+Events are frozen, slotted attrs classes: cheap to build on the hot path and safe to
+hand to several threads. ``operation`` is a class constant, not a field, so every
+event of a kind shares it.
+"""
+
+import datetime
+from typing import Any, ClassVar, Dict, Optional
+
+import attr
+
+from .operations import Operation
+from .sentinels import UNCHANGED_TOAST
+
+__all__ = [
+    "Event",
+    "InsertEvent",
+    "UpdateEvent",
+    "DeleteEvent",
+    "TruncateEvent",
+    "MessageEvent",
+    "UNCHANGED_TOAST",
+]
+
+Row = Dict[str, Any]
+
+
+@attr.s(frozen=True, slots=True, kw_only=True)
+class Event:
+    """What every row event carries.
+
+    ``lsn`` is the change's own WAL position; ``commit_lsn`` is the position of its
+    transaction's commit record (the same for every event of a transaction, never
+    decreasing in delivery order); ``commit_time`` is timezone-aware (UTC).
+    """
+
+    operation: ClassVar[Operation]
+
+    table: str = attr.ib()
+    lsn: int = attr.ib(default=0)
+    commit_lsn: int = attr.ib(default=0)
+    xid: Optional[int] = attr.ib(default=None)
+    commit_time: Optional[datetime.datetime] = attr.ib(default=None)
+
+
+@attr.s(frozen=True, slots=True)
+class InsertEvent(Event):
+    """A row was inserted (or, with conditions, an update made it match)."""
+
+    operation: ClassVar[Operation] = Operation.INSERT
+    new: Row = attr.ib()
+
+
+@attr.s(frozen=True, slots=True)
+class UpdateEvent(Event):
+    """A row was updated. ``old`` is None when the server sent no old row."""
+
+    operation: ClassVar[Operation] = Operation.UPDATE
+    old: Optional[Row] = attr.ib()
+    new: Row = attr.ib()
+
+
+@attr.s(frozen=True, slots=True)
+class DeleteEvent(Event):
+    """A row was deleted (or, with conditions, an update made it stop matching)."""
+
+    operation: ClassVar[Operation] = Operation.DELETE
+    old: Row = attr.ib()
+
+
+@attr.s(frozen=True, slots=True)
+class TruncateEvent(Event):
+    """The table was truncated."""
+
+    operation: ClassVar[Operation] = Operation.TRUNCATE
+    cascade: bool = attr.ib(default=False)
+    restart_identity: bool = attr.ib(default=False)
+
+
+@attr.s(frozen=True, slots=True, kw_only=True)
+class MessageEvent:
+    """A logical decoding message sent with ``pg_logical_emit_message``."""
+
+    prefix: str = attr.ib()
+    content: bytes = attr.ib()
+    transactional: bool = attr.ib()
+    lsn: int = attr.ib(default=0)
+    xid: Optional[int] = attr.ib(default=None)

