@@ -38,6 +38,12 @@ def _check_positive(_instance: Any, attribute: "attr.Attribute[float]", value: A
         raise ConfigurationError(f"{attribute.name} must be a positive number of seconds; got {value!r}")
 
 
+def _check_status_interval(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
+    # psycopg2 refuses anything shorter.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+        raise ConfigurationError(f"status_interval must be at least 1 second; got {value!r}")
+
+
 @attr.s(frozen=True, slots=True, kw_only=True)
 class DriverConfig:
     """Settings of the wal_logical driver. Every instance needs its own names."""
@@ -53,7 +59,7 @@ class DriverConfig:
     #: Set REPLICA IDENTITY FULL on listened tables so old rows arrive whole.
     replica_identity_full: bool = attr.ib(default=True, validator=attr.validators.instance_of(bool))
     #: Seconds between standby status updates to the server while streaming.
-    status_interval: float = attr.ib(default=10.0, validator=_check_positive)
+    status_interval: float = attr.ib(default=10.0, validator=_check_status_interval)
     #: Seconds start() waits for a slot still held by the walsender of a client that died.
     slot_wait_timeout: float = attr.ib(default=5.0, validator=_check_positive)
 
