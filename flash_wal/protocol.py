@@ -39,15 +39,12 @@ from __future__ import annotations
 
 import struct
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import attr
 
 from .errors import ConfigurationError, ProtocolError
-from .sentinels import UNCHANGED_TOAST
-
-if TYPE_CHECKING:
-    from .sentinels import _UnchangedToast
+from .sentinels import UNCHANGED_TOAST, _UnchangedToast
 
 __all__ = [
     "Begin",
@@ -95,7 +92,7 @@ class BinaryValue:
 
 #: One column of a tuple: ``None`` (NULL), ``bytes`` (text format, undecoded),
 #: :class:`BinaryValue` (binary format) or ``UNCHANGED_TOAST``.
-ColumnValue = Union[None, bytes, BinaryValue, "_UnchangedToast"]
+ColumnValue = Union[None, bytes, BinaryValue, _UnchangedToast]
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -373,9 +370,9 @@ _ROLLBACK_PREPARED = struct.Struct(">BQQqqI")
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _REPLICA_IDENTITIES = frozenset(b"dnfi")
 
-# Every column takes at least one byte (its kind); a Relation column at least ten
-# (flags, empty name's NUL, type OID, typmod). Checked up front so that a corrupt
-# count fails fast with a clear message instead of after a long loop.
+# A Relation column takes at least ten bytes (flags, an empty name's NUL, type OID,
+# typmod), a tuple column at least one (its kind). Counts are checked against the bytes
+# left up front, so a corrupt count fails at once with a clear message.
 _MIN_RELATION_COLUMN_SIZE = 10
 
 _KIND_TEXT = ord("t")
@@ -448,9 +445,7 @@ def _read_tuple(
         raise _truncated(buf, off, "the tuple's column count") from exc
     end = len(buf)
     if ncols > end - off - 2:
-        raise _Malformed(
-            off, f"column count {ncols} is impossible with {end - off - 2} bytes left"
-        )
+        raise _Malformed(off, f"column count {ncols} is impossible with {end - off - 2} bytes left")
     off += 2
     values: list[ColumnValue] = []
     append = values.append
@@ -498,7 +493,7 @@ def _overrun(buf: bytes, off: int, column: int, size: int) -> _Malformed:
     )
 
 
-def _read_fixed(buf: bytes, off: int, layout: struct.Struct, what: str) -> tuple:
+def _read_fixed(buf: bytes, off: int, layout: struct.Struct, what: str) -> tuple[Any, ...]:
     try:
         return layout.unpack_from(buf, off)
     except struct.error as exc:
@@ -535,8 +530,7 @@ class PgOutputParser:
             )
         if parallel_streaming and protocol_version < 4:
             raise ConfigurationError(
-                "parallel_streaming needs protocol_version 4 or later "
-                f"(got {protocol_version})"
+                f"parallel_streaming needs protocol_version 4 or later (got {protocol_version})"
             )
         self.protocol_version = protocol_version
         self.parallel_streaming = parallel_streaming
@@ -573,52 +567,38 @@ class PgOutputParser:
     # -- dispatch tables
 
     def _build_tables(self, version: int) -> tuple[tuple[_Reader, ...], tuple[_Reader, ...]]:
-        outside: dict[bytes, _Reader] = {
-            b"B": self._read_begin,
-            b"C": self._read_commit,
-            b"O": self._read_origin,
-            b"R": self._read_relation,
-            b"Y": self._read_type,
-            b"I": self._read_insert,
-            b"U": self._read_update,
-            b"D": self._read_delete,
-            b"T": self._read_truncate,
-            b"M": self._read_message,
+        """Dispatch tables for outside and inside a streamed block, by type byte."""
+        outside: dict[str, _Reader] = {
+            "B": self._read_begin,
+            "C": self._read_commit,
+            "O": self._read_origin,
+            "R": self._read_relation,
+            "Y": self._read_type,
+            "I": self._read_insert,
+            "U": self._read_update,
+            "D": self._read_delete,
+            "T": self._read_truncate,
+            "M": self._read_message,
         }
-        inside: dict[bytes, _Reader] = {}
+        inside: dict[str, _Reader] = {}
         if version >= 2:
-            outside[b"S"] = self._read_stream_start
-            outside[b"c"] = self._read_stream_commit
-            outside[b"A"] = self._read_stream_abort
-            inside[b"E"] = self._read_stream_stop
+            outside["S"] = self._read_stream_start
+            outside["c"] = self._read_stream_commit
+            outside["A"] = self._read_stream_abort
+            inside["E"] = self._read_stream_stop
             # pgoutput sends Origin right after Stream Start, without an xid.
-            inside[b"O"] = self._read_origin
-            for code in b"RYIUDTM":
-                inside[bytes((code,))] = _with_xid(outside[bytes((code,))])
+            inside["O"] = self._read_origin
+            for code in "RYIUDTM":
+                inside[code] = _with_xid(outside[code])
         if version >= 3:
-            outside[b"b"] = self._read_begin_prepare
-            outside[b"P"] = self._read_prepare
-            outside[b"K"] = self._read_commit_prepared
-            outside[b"r"] = self._read_rollback_prepared
-            outside[b"p"] = self._read_stream_prepare
-
-        def build(table: dict[bytes, _Reader], other: dict[bytes, _Reader], where: str):
-            readers: list[_Reader] = []
-            for code in range(256):
-                key = bytes((code,))
-                if key in table:
-                    readers.append(table[key])
-                elif key in other:
-                    readers.append(_misplaced(where))
-                elif code in _NAMES:
-                    readers.append(_unsupported(_NAMES[code], version))
-                else:
-                    readers.append(_unknown)
-            return tuple(readers)
-
+            outside["b"] = self._read_begin_prepare
+            outside["P"] = self._read_prepare
+            outside["K"] = self._read_commit_prepared
+            outside["r"] = self._read_rollback_prepared
+            outside["p"] = self._read_stream_prepare
         return (
-            build(outside, inside, "outside a streamed block"),
-            build(inside, outside, "inside a streamed block"),
+            _dispatch_table(outside, inside, "outside a streamed block", version),
+            _dispatch_table(inside, outside, "inside a streamed block", version),
         )
 
     # -- transaction control
@@ -718,22 +698,24 @@ class PgOutputParser:
     def _read_truncate(self, buf: bytes, off: int = 1, xid: Optional[int] = None) -> Truncate:
         nrels, flags = _read_fixed(buf, off, _TRUNCATE_HEAD, "the Truncate header")
         off += 5
-        if nrels * 4 != len(buf) - off:
+        if nrels * 4 > len(buf) - off:
             raise _Malformed(
-                off - 5, f"{nrels} relation ids do not match the {len(buf) - off} bytes left"
+                off - 5, f"{nrels} relation ids do not fit in the {len(buf) - off} bytes left"
             )
         relids = struct.unpack_from(f">{nrels}I", buf, off)
+        _check_end(buf, off + nrels * 4)
         return Truncate(xid, relids, bool(flags & 1), bool(flags & 2))
 
     def _read_message(self, buf: bytes, off: int = 1, xid: Optional[int] = None) -> Message:
         flags, lsn = _read_fixed(buf, off, _MESSAGE_HEAD, "the Message header")
         prefix, off = _read_string(buf, off + 9, "prefix")
         (size,) = _read_fixed(buf, off, _I32, "the content length")
-        if size < 0 or off + 4 + size != len(buf):
+        if size < 0 or off + 4 + size > len(buf):
             raise _Malformed(
-                off, f"content length {size} does not match the {len(buf) - off - 4} bytes left"
+                off, f"content length {size} does not fit in the {len(buf) - off - 4} bytes left"
             )
-        return Message(xid, bool(flags & 1), lsn, prefix, buf[off + 4 :])
+        _check_end(buf, off + 4 + size)
+        return Message(xid, bool(flags & 1), lsn, prefix, buf[off + 4 : off + 4 + size])
 
     # -- streaming (protocol 2+)
 
@@ -854,6 +836,23 @@ def _with_xid(read: Callable[..., PgOutputMessage]) -> _Reader:
         return read(buf, 5, xid)
 
     return read_streamed
+
+
+def _dispatch_table(
+    readers: dict[str, _Reader], elsewhere: dict[str, _Reader], where: str, version: int
+) -> tuple[_Reader, ...]:
+    """A reader for each of the 256 type bytes; those not in ``readers`` raise."""
+    table: list[_Reader] = []
+    for code in map(chr, range(256)):
+        if code in readers:
+            table.append(readers[code])
+        elif code in elsewhere:
+            table.append(_misplaced(where))
+        elif ord(code) in _NAMES:
+            table.append(_unsupported(_NAMES[ord(code)], version))
+        else:
+            table.append(_unknown)
+    return tuple(table)
 
 
 def _misplaced(where: str) -> _Reader:
