@@ -164,16 +164,21 @@ class _Workers:
 
     def put(self, task: _Task) -> None:
         with self._cond:
-            self._tasks.append(task)
-            if self._waiting:
-                self._waiting -= 1
-                self._cond.notify()
-            elif self._limit == -1 or len(self._threads) < self._limit:
-                thread = threading.Thread(
-                    target=self._loop, name=f"flash_wal-{self._name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+            if not self._closed:
+                self._tasks.append(task)
+                if self._waiting:
+                    self._waiting -= 1
+                    self._cond.notify()
+                elif self._limit == -1 or len(self._threads) < self._limit:
+                    thread = threading.Thread(
+                        target=self._loop, name=f"flash_wal-{self._name}-{len(self._threads)}", daemon=True
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+                return
+        # Detached while the replication thread was routing to it: the task only
+        # needs its bookkeeping, which must not wait for a worker that is gone.
+        self._run_task(task)
 
     def _loop(self) -> None:
         cond, tasks = self._cond, self._tasks

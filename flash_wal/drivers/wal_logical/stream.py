@@ -144,6 +144,10 @@ class ReplicationThread(threading.Thread):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # Guards the pipe's closing: a descriptor number written to after close
+        # could by then belong to another file.
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._stopping = False
         self._streaming = threading.Event()
         self._streaming_error: Optional[BaseException] = None
@@ -165,10 +169,12 @@ class ReplicationThread(threading.Thread):
         """Ask the thread to stop reading, drain callbacks, acknowledge and disconnect."""
         self._stopping = True
         self._dispatcher.tracker.wake()
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full or closed: the thread is awake or gone anyway
+        with self._pipe_lock:
+            if self._pipe_open:
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:
+                    pass  # the pipe is full: the thread has been woken already
 
     # --- the thread -------------------------------------------------------------------
 
@@ -214,8 +220,10 @@ class ReplicationThread(threading.Thread):
                         connection.close()
                     except psycopg2.Error:
                         pass
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._pipe_lock:
+                self._pipe_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _stream(self, cursor: Any, translator: ChangeTranslator) -> None:
         parser = PgOutputParser(self._protocol_version)
