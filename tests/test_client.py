@@ -436,3 +436,27 @@ def test_lost_connection_is_raised_from_wait_and_close_still_cleans_up(make_clie
         client.wait(timeout=15)
     assert info.value.__cause__ is not None
     client.close()  # the make_client fixture checks nothing was left behind
+
+
+def test_logical_messages_and_replication_origins_in_the_stream_are_harmless(make_client, make_table, db, unique):
+    table = make_table()
+    recorder = Recorder()
+    client = make_client()
+    client.on(table, Operation.INSERT)(recorder)
+    origin = f"origin_{unique}"
+    db.execute("SELECT pg_replication_origin_create(%s)", (origin,))
+    try:
+        with client:
+            db.execute("SELECT pg_logical_emit_message(false, 'flash', 'outside')")
+            db.execute("BEGIN")
+            db.execute("SELECT pg_logical_emit_message(true, 'flash', 'inside')")
+            insert(db, table, title="with message")
+            db.execute("COMMIT")
+            db.execute("SELECT pg_replication_origin_session_setup(%s)", (origin,))
+            insert(db, table, title="from an origin")
+            db.execute("SELECT pg_replication_origin_session_reset()")
+            insert(db, table, title="last")
+            events = recorder.wait(3)
+    finally:
+        db.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
+    assert [e.new["title"] for e in events] == ["with message", "from an origin", "last"]
