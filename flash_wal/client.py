@@ -9,9 +9,10 @@ import attr
 
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
-from .errors import ConfigurationError, FlashError
+from .errors import ConfigurationError, FlashError, NotAvailableError
 from .listener import Listener, ListenerConfig
 from .operations import Operation
+from .validators import positive_int, seconds
 
 __all__ = ["Client", "ClientConfig"]
 
@@ -24,11 +25,6 @@ def _default_driver() -> Driver:
     from .drivers.wal_logical import Driver as WalLogicalDriver
 
     return WalLogicalDriver()
-
-
-def _check_timeout(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigurationError(f"{attribute.name} must be a number of seconds >= 0; got {value!r}")
 
 
 def _check_optional_callable(_instance: Any, attribute: "attr.Attribute[Any]", value: Any) -> None:
@@ -56,11 +52,11 @@ class ClientConfig:
     database_cnx: str = attr.ib(validator=_check_dsn)
     driver: Driver = attr.ib(factory=_default_driver, validator=_check_driver)
     #: Seconds close() waits for in-flight callbacks.
-    shutdown_timeout: float = attr.ib(default=10.0, validator=_check_timeout)
+    shutdown_timeout: float = attr.ib(default=10.0, validator=seconds(0))
     #: Called as on_error(exc, event) when a callback raises.
     on_error: Optional[ErrorHandler] = attr.ib(default=None, validator=_check_optional_callable)
     #: Events handed to workers and not yet handled, at most; past it reading pauses.
-    max_queued_events: int = attr.ib(default=10_000, validator=attr.validators.instance_of(int))
+    max_queued_events: int = attr.ib(default=10_000, validator=positive_int)
 
 
 class Client:
@@ -134,7 +130,7 @@ class Client:
 
     def on_message(self, prefix: str) -> Callable[[F], F]:
         """Decorator for logical decoding messages. Not available yet."""
-        raise NotImplementedError("on_message is not available yet")
+        raise NotAvailableError("on_message is not available yet")
 
     @property
     def listeners(self) -> List[Listener]:
@@ -203,9 +199,9 @@ class Client:
             "lag_bytes": None,
             "queue_depth": tracker.queued_events,
             "reconnects": 0,
-            "state": {"new": "starting", "closing": "closed"}.get(self._state, self._state),
+            "state": "closed" if self._fatal else {"new": "starting", "closing": "closed"}.get(self._state, self._state),
         }
-        if self._state == "streaming":
+        if self._state == "streaming" and not self._fatal:
             figures.update(self.driver.stats())
         return figures
 

@@ -83,6 +83,8 @@ class AckTracker:
         self._tasks = 0
         self.acked_lsn = 0
         self.events_delivered = 0
+        #: Called (under the tracker's lock, so it must not block) when acked_lsn moves.
+        self.on_advance: Optional[Callable[[], None]] = None
 
     def begin(self, txn: Transaction) -> None:
         with self._lock:
@@ -113,10 +115,15 @@ class AckTracker:
 
     def _advance(self) -> None:
         open_txns = self._open
+        acked = self.acked_lsn
         while open_txns and open_txns[0].closed and not open_txns[0].pending:
             done = open_txns.popleft()
-            if done.end_lsn > self.acked_lsn:
-                self.acked_lsn = done.end_lsn
+            if done.end_lsn > acked:
+                acked = done.end_lsn
+        if acked != self.acked_lsn:
+            self.acked_lsn = acked
+            if self.on_advance is not None:
+                self.on_advance()
 
     @property
     def queued_events(self) -> int:
@@ -365,19 +372,22 @@ class Dispatcher:
 
     def _run(self, task: _Task) -> None:
         route = task.route
+        callbacks_for = route.listener.callbacks_for
         try:
-            if route.active:
-                callbacks_for = route.listener.callbacks_for
-                for event in task.events:
-                    for callback in callbacks_for(event.operation):
-                        try:
-                            callback(event)
-                        except Exception as exc:  # a user callback: report and go on
-                            self._callback_failed(exc, event, callback)
+            for event in task.events:
+                if not route.active:  # detached: not one more call
+                    break
+                for callback in callbacks_for(event.operation):
+                    try:
+                        callback(event)
+                    except BaseException as exc:
+                        # A user callback, even one calling sys.exit(): report and go
+                        # on, or the listener's worker would die with its queue.
+                        self._callback_failed(exc, event, callback)
         finally:
             self.tracker.task_done(task.txn, len(task.events))
 
-    def _callback_failed(self, exc: Exception, event: Event, callback: Any) -> None:
+    def _callback_failed(self, exc: BaseException, event: Event, callback: Any) -> None:
         with self._lock:
             self.callbacks_failed += 1
         logger.error("callback %r failed on %r", callback, event, exc_info=exc)

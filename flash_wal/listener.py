@@ -14,6 +14,7 @@ import attr
 from .errors import ConfigurationError
 from .events import Event
 from .operations import Operation
+from .validators import instance_of
 
 __all__ = ["Condition", "ListenerConfig", "Listener", "TableName", "parse_table_name"]
 
@@ -97,7 +98,7 @@ def _bad_table(text: str, why: str) -> ConfigurationError:
 class Condition:
     """``column`` equals ``value``; ``value=None`` means the column IS NULL."""
 
-    column: str = attr.ib(validator=attr.validators.instance_of(str))
+    column: str = attr.ib(validator=instance_of(str))
     value: Any = attr.ib(default=None)
 
     def holds(self, row: Dict[str, Any]) -> bool:
@@ -142,7 +143,7 @@ def _check_conditions(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -
 class ListenerConfig:
     """What to listen to: a table, optionally some of its columns and rows."""
 
-    table: str = attr.ib(validator=attr.validators.instance_of(str))
+    table: str = attr.ib(validator=instance_of(str))
     fields: Tuple[str, ...] = attr.ib(default=(), converter=_to_tuple, validator=_check_fields)
     conditions: Tuple[Condition, ...] = attr.ib(
         default=(), converter=_to_tuple, validator=_check_conditions

@@ -460,3 +460,84 @@ def test_logical_messages_and_replication_origins_in_the_stream_are_harmless(mak
     finally:
         db.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
     assert [e.new["title"] for e in events] == ["with message", "from an origin", "last"]
+
+
+def test_partitioned_table_changes_arrive_under_its_own_name(make_client, make_table, db):
+    table = make_table("id int, region text, title text, PRIMARY KEY (id, region)) PARTITION BY LIST (region")
+    for region in ("eu", "us"):
+        db.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+            sql.Identifier(f"{table}_{region}"), sql.Identifier(table), sql.Literal(region)))
+    recorder = Recorder()
+    client = make_client()
+    client.on(table)(recorder)
+    with client:
+        db.execute(sql.SQL("INSERT INTO {} VALUES (1, 'eu', 'a'), (2, 'us', 'b')").format(sql.Identifier(table)))
+        db.execute(sql.SQL("UPDATE {} SET title = 'c' WHERE id = 2").format(sql.Identifier(table)))
+        events = recorder.wait(3)
+    assert [(type(e).__name__, e.table, e.new["id"]) for e in events] == [
+        ("InsertEvent", f"public.{table}", 1), ("InsertEvent", f"public.{table}", 2), ("UpdateEvent", f"public.{table}", 2),
+    ]
+
+
+def test_callback_calling_sys_exit_does_not_stop_its_listener(make_client, make_table, db):
+    table = make_table()
+    recorder, failures = Recorder(), []
+
+    def callback(event):
+        if event.new["title"] == "exit":
+            raise SystemExit(3)
+        recorder(event)
+
+    client = make_client(on_error=lambda exc, event: failures.append(exc))
+    client.on(table, Operation.INSERT)(callback)
+    with client:
+        insert(db, table, title="exit")
+        insert(db, table, title="after")
+        recorder.wait(1)
+    assert [type(f) for f in failures] == [SystemExit]
+
+
+def test_no_callback_runs_once_detach_returns(make_client, make_table, db):
+    table = make_table()
+    entered, release, calls = threading.Event(), threading.Event(), Recorder()
+
+    def callback(event):
+        calls(event)
+        entered.set()
+        release.wait(10)
+
+    listener = Listener(table=table)
+    listener.on(Operation.INSERT, callback)
+    client = make_client()
+    client.attach(listener)
+    with client:
+        db.execute(sql.SQL("INSERT INTO {} (title) SELECT 'x' FROM generate_series(1, 20)").format(sql.Identifier(table)))
+        assert entered.wait(10)
+        client.detach(listener)  # the other 19 events of the batch are queued already
+        release.set()
+        client.close()
+    assert len(calls) == 1
+
+
+def test_acknowledgement_reaches_an_idle_server_without_waiting_for_status_interval(make_client, make_table, db, unique):
+    table = make_table()
+    slot = f"flash_{unique}"
+    recorder = Recorder()
+    client = make_client(driver=Driver(DriverConfig(
+        publication_slot_prefix=f"pub_{slot}", replication_slot=slot, status_interval=60)))
+    client.on(table, Operation.INSERT)(recorder)
+    with client:
+        insert(db, table, title="x")
+        commit_lsn = recorder.wait(1)[0].commit_lsn
+        wait_for(lambda: db.fetchone(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )[0] > commit_lsn, timeout=5, what="the acknowledgement")
+
+
+def test_unavailable_features_raise_a_flash_error(make_client):
+    from flash_wal.errors import NotAvailableError
+
+    client = make_client()
+    with pytest.raises(NotAvailableError) as info:
+        client.on_message("audit")
+    assert isinstance(info.value, FlashError) and isinstance(info.value, NotImplementedError)

@@ -12,7 +12,7 @@ from psycopg2 import sql
 from flash_wal import Client, ConfigurationError, FlashError, Listener, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
-from .conftest import Database
+from .conftest import Database, wait_for
 
 needs_own_server = pytest.mark.skipif(
     bool(os.environ.get("FLASH_WAL_TEST_DSN")), reason="needs a server the tests start themselves"
@@ -201,7 +201,69 @@ def test_bad_names_are_rejected_when_configured():
 
 
 def test_durable_and_streaming_are_not_available_yet():
+    from flash_wal.errors import NotAvailableError
+
     with pytest.raises(NotImplementedError):
         Driver(DriverConfig(durable=True))
+    assert issubclass(NotAvailableError, FlashError)
     with pytest.raises(NotImplementedError):
         Driver(DriverConfig(use_streaming=True))
+
+
+def test_open_transaction_blocking_slot_creation_fails_within_setup_timeout(make_table, db, unique):
+    table, other = make_table(), make_table()
+    blocker = Database(db.dsn)
+    blocker.conn.autocommit = False
+    blocker.execute(sql.SQL("INSERT INTO {} (title) VALUES ('open')").format(sql.Identifier(other)))
+    try:
+        name = f"flash_{unique}"
+        client = Client(database_cnx=db.dsn, driver=Driver(DriverConfig(
+            publication_slot_prefix=f"pub_{name}", replication_slot=name, setup_timeout=1)))
+        client.on(table)(lambda event: None)
+        started = time.monotonic()
+        with pytest.raises(ConfigurationError, match="setup_timeout"):
+            client.start()
+        assert time.monotonic() - started < 10
+    finally:
+        blocker.conn.rollback()
+        blocker.close()
+    wait_for(lambda: db.slots(name) == [], what="the cancelled slot to go")
+    assert_nothing_left(db, name)
+
+
+def test_lock_on_listened_table_fails_within_setup_timeout(make_table, db, unique):
+    table = make_table()
+    blocker = Database(db.dsn)
+    blocker.conn.autocommit = False
+    blocker.execute(sql.SQL("INSERT INTO {} (title) VALUES ('open')").format(sql.Identifier(table)))
+    try:
+        name = f"flash_{unique}"
+        client = Client(database_cnx=db.dsn, driver=Driver(DriverConfig(
+            publication_slot_prefix=f"pub_{name}", replication_slot=name, setup_timeout=0.5)))
+        client.on(table)(lambda event: None)
+        with pytest.raises(ConfigurationError, match="locked by another transaction"):
+            client.start()
+    finally:
+        blocker.conn.rollback()
+        blocker.close()
+    assert_nothing_left(db, name)
+
+
+def test_membership_in_rds_replication_counts_as_replication(db, make_table, unique):
+    """On Amazon RDS replication comes from the rds_replication role, not the attribute."""
+    table = make_table()
+    role = f"{unique}_rds"
+    created_rds_role = db.fetchone("SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication')")[0]
+    if created_rds_role:
+        db.execute("CREATE ROLE rds_replication")
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE rds_replication").format(sql.Identifier(role)))
+    try:
+        client = Client(database_cnx=psycopg2.extensions.make_dsn(db.dsn, user=role), driver=driver_for(f"flash_{unique}"))
+        client.on(table)(lambda event: None)
+        with pytest.raises(FlashError) as info:
+            client.start()  # this server is no RDS: it refuses later, not in the preflight
+        assert "ALTER ROLE" not in str(info.value)
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        if created_rds_role:
+            db.execute("DROP ROLE rds_replication")

@@ -11,8 +11,9 @@ import psycopg2.errorcodes
 
 from ...connection import connect, mask_dsn
 from ...dispatcher import Dispatcher
-from ...errors import ConfigurationError, FlashError
+from ...errors import ConfigurationError, FlashError, NotAvailableError
 from ...listener import Listener, TableName
+from ...validators import instance_of, seconds
 from .. import base
 from . import server
 from .stream import ReplicationThread
@@ -33,17 +34,6 @@ def _check_server_name(_instance: Any, attribute: "attr.Attribute[str]", value: 
         )
 
 
-def _check_positive(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"{attribute.name} must be a positive number of seconds; got {value!r}")
-
-
-def _check_status_interval(_instance: Any, attribute: "attr.Attribute[float]", value: Any) -> None:
-    # psycopg2 refuses anything shorter.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-        raise ConfigurationError(f"status_interval must be at least 1 second; got {value!r}")
-
-
 @attr.s(frozen=True, slots=True, kw_only=True)
 class DriverConfig:
     """Settings of the wal_logical driver. Every instance needs its own names."""
@@ -53,15 +43,19 @@ class DriverConfig:
     #: The replication slot's exact name.
     replication_slot: str = attr.ib(default="flash_replication", validator=_check_server_name)
     #: Let the server stream large transactions while in progress (PostgreSQL 14+).
-    use_streaming: bool = attr.ib(default=False, validator=attr.validators.instance_of(bool))
+    use_streaming: bool = attr.ib(default=False, validator=instance_of(bool))
     #: Keep slot and publication across restarts and resume where the last run stopped.
-    durable: bool = attr.ib(default=False, validator=attr.validators.instance_of(bool))
+    durable: bool = attr.ib(default=False, validator=instance_of(bool))
     #: Set REPLICA IDENTITY FULL on listened tables so old rows arrive whole.
-    replica_identity_full: bool = attr.ib(default=True, validator=attr.validators.instance_of(bool))
+    replica_identity_full: bool = attr.ib(default=True, validator=instance_of(bool))
     #: Seconds between standby status updates to the server while streaming.
-    status_interval: float = attr.ib(default=10.0, validator=_check_status_interval)
+    #: (psycopg2 accepts nothing shorter than 1 s.)
+    status_interval: float = attr.ib(default=10.0, validator=seconds(1))
     #: Seconds start() waits for a slot still held by the walsender of a client that died.
-    slot_wait_timeout: float = attr.ib(default=5.0, validator=_check_positive)
+    slot_wait_timeout: float = attr.ib(default=5.0, validator=seconds(0, inclusive=False))
+    #: Seconds start() and attach() wait on the server: for locks on listened tables,
+    #: and for the transactions open when the slot is created to finish.
+    setup_timeout: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
 
     def __attrs_post_init__(self) -> None:
         if len(self.publication_name) > _MAX_NAME_BYTES:
@@ -85,9 +79,9 @@ class Driver(base.Driver):
         elif kwargs:
             raise ConfigurationError("pass either a DriverConfig or keyword arguments, not both")
         if config.durable:
-            raise NotImplementedError("durable=True is not available yet; use durable=False")
+            raise NotAvailableError("durable=True is not available yet; use durable=False")
         if config.use_streaming:
-            raise NotImplementedError("use_streaming=True is not available yet; use use_streaming=False")
+            raise NotAvailableError("use_streaming=True is not available yet; use use_streaming=False")
         self.config = config
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
@@ -121,7 +115,7 @@ class Driver(base.Driver):
             server.check_server(cursor, config.replication_slot)
             infos = self._describe(cursor, listeners)
             self._claim_slot(cursor)
-            server.create_publication(cursor, config.publication_name, infos)
+            server.create_publication(cursor, config.publication_name, infos, self.server_version)
             published = True
             if config.replica_identity_full:
                 server.set_replica_identity_full(cursor, infos.values())
@@ -136,7 +130,7 @@ class Driver(base.Driver):
                 shutdown_timeout=shutdown_timeout,
                 on_fatal=on_fatal,
             )
-            self._thread.start_streaming(timeout=60.0)
+            self._thread.start_streaming(timeout=config.setup_timeout)
             logger.info(
                 "streaming from %s: slot %s, publication %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), config.replication_slot, config.publication_name,
@@ -144,7 +138,7 @@ class Driver(base.Driver):
             )
         except BaseException as exc:
             self._clean_up_failed_start(published)
-            error = _as_setup_error(exc)
+            error = _as_setup_error(exc, config.setup_timeout)
             if error is exc:
                 raise
             raise error from exc
@@ -164,7 +158,7 @@ class Driver(base.Driver):
                 self._tables = wanted
                 return server.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
-                raise _as_setup_error(exc) from exc
+                raise _as_setup_error(exc, self.config.setup_timeout) from exc
 
     def close(self) -> bool:
         drained = True
@@ -199,7 +193,12 @@ class Driver(base.Driver):
 
     def _connect_query(self) -> Any:
         try:
-            return connect(self._dsn)
+            conn = connect(self._dsn)
+            # ALTER TABLE ... REPLICA IDENTITY waits for every transaction on the
+            # table; better a clear error than a start() that hangs.
+            conn.cursor().execute("SELECT set_config('lock_timeout', %s, false)",
+                                  (f"{int(self.config.setup_timeout * 1000)}ms",))
+            return conn
         except psycopg2.OperationalError as exc:
             raise FlashError(
                 f"cannot connect to {mask_dsn(self._dsn)}: {str(exc).strip()}. "
@@ -260,13 +259,20 @@ class Driver(base.Driver):
             self._query = None
 
 
-def _as_setup_error(exc: BaseException) -> BaseException:
+def _as_setup_error(exc: BaseException, setup_timeout: float) -> BaseException:
     if isinstance(exc, FlashError) or not isinstance(exc, Exception):
         return exc
+    message = " ".join(str(exc).split())
     if isinstance(exc, psycopg2.Error) and exc.pgcode == psycopg2.errorcodes.INSUFFICIENT_PRIVILEGE:
         return ConfigurationError(
-            f"the server refused: {exc.pgerror.strip() if exc.pgerror else exc}. flash_wal must "
-            "own the listened tables to publish them (and to set REPLICA IDENTITY FULL, which "
-            "DriverConfig(replica_identity_full=False) skips)"
+            f"the server refused: {message}. flash_wal's role needs CREATE on the database "
+            "(for its publication) and must own the listened tables (to publish them and to "
+            "set REPLICA IDENTITY FULL, which DriverConfig(replica_identity_full=False) skips)"
         )
-    return FlashError(f"could not set up replication: {str(exc).strip()}")
+    if isinstance(exc, psycopg2.Error) and exc.pgcode == psycopg2.errorcodes.LOCK_NOT_AVAILABLE:
+        return ConfigurationError(
+            f"a listened table stayed locked by another transaction for setup_timeout="
+            f"{setup_timeout:g} s ({message}); finish or cancel long transactions on it, "
+            "or raise DriverConfig(setup_timeout=...)"
+        )
+    return FlashError(f"could not set up replication: {message}")

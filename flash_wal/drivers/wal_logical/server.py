@@ -55,7 +55,10 @@ def check_server(cursor, slot: str) -> None:
         " current_setting('max_replication_slots')::int,"
         " current_setting('max_wal_senders')::int,"
         " current_user,"
-        " (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
+        " (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+        # Amazon RDS grants replication through membership in rds_replication.
+        "  OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'rds_replication'"
+        "             AND pg_catalog.pg_has_role(current_user, oid, 'member')),"
         " (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name <> %s),"
         " (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender')",
         (slot,),
@@ -145,8 +148,12 @@ def publication_exists(cursor, name: str) -> bool:
     return cursor.fetchone() is not None
 
 
-def create_publication(cursor, name: str, tables: Iterable[TableName]) -> None:
-    """Create the publication afresh, replacing a leftover of the same name."""
+def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int) -> None:
+    """Create the publication afresh, replacing a leftover of the same name.
+
+    From PostgreSQL 13, changes to a partition are published as changes of the
+    partitioned table, so a listener on the partitioned table hears them.
+    """
     tables = sorted(set(tables), key=str)
     cursor.execute("BEGIN")
     try:
@@ -154,7 +161,10 @@ def create_publication(cursor, name: str, tables: Iterable[TableName]) -> None:
         create = sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
         if tables:
             create += sql.SQL(" FOR TABLE {}").format(sql.SQL(", ").join(map(table_identifier, tables)))
-        create += sql.SQL(" WITH (publish = {})").format(sql.Literal(PUBLISH_ALL))
+        create += sql.SQL(" WITH (publish = {}").format(sql.Literal(PUBLISH_ALL))
+        if server_version >= 130000:
+            create += sql.SQL(", publish_via_partition_root = true")
+        create += sql.SQL(")")
         cursor.execute(create)
         cursor.execute("COMMIT")
     except BaseException:

@@ -19,7 +19,7 @@ from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
 from ...dispatcher import Change, Dispatcher, Transaction
-from ...errors import FlashError, ReplicationError
+from ...errors import ConfigurationError, FlashError, ReplicationError
 from ...operations import Operation
 from ...protocol import (
     Begin,
@@ -149,9 +149,12 @@ class ReplicationThread(threading.Thread):
         self._pipe_lock = threading.Lock()
         self._pipe_open = True
         self._stopping = False
+        self._idle = False  # in select(): an advanced acknowledgement should wake it
         self._streaming = threading.Event()
         self._streaming_error: Optional[BaseException] = None
         self._sent_lsn = 0
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()  # _conn is read by start_streaming() to cancel
         self.drained = True
 
     # --- called from other threads ----------------------------------------------------
@@ -160,8 +163,19 @@ class ReplicationThread(threading.Thread):
         """Start the thread; return once changes are streaming, or raise why not."""
         self.start()
         if not self._streaming.wait(timeout):
+            # Creating the slot waits for every open transaction to end. Cancelling
+            # is the one call psycopg2 allows on a connection from another thread.
             self.stop()
-            raise ReplicationError(f"replication did not start within {timeout:.0f} s")
+            with self._conn_lock:
+                if self._conn is not None:
+                    self._conn.cancel()
+            self._streaming.wait()
+            raise ConfigurationError(
+                f"the replication slot could not be created within setup_timeout={timeout:g} s: "
+                "the server waits for transactions that were open at that moment to end. Finish "
+                "or cancel long-running transactions (see pg_stat_activity), or raise "
+                "DriverConfig(setup_timeout=...)"
+            )
         if self._streaming_error is not None:
             raise self._streaming_error
 
@@ -169,6 +183,15 @@ class ReplicationThread(threading.Thread):
         """Ask the thread to stop reading, drain callbacks, acknowledge and disconnect."""
         self._stopping = True
         self._dispatcher.tracker.wake()
+        self._wake()
+
+    def _wake_if_idle(self) -> None:
+        # Workers call this when they finish a transaction: while the thread reads
+        # it acknowledges anyway, so only a sleeping thread needs the byte.
+        if self._idle:
+            self._wake()
+
+    def _wake(self) -> None:
         with self._pipe_lock:
             if self._pipe_open:
                 try:
@@ -183,6 +206,8 @@ class ReplicationThread(threading.Thread):
         try:
             try:
                 conn = self._connect(replication=True)
+                with self._conn_lock:
+                    self._conn = conn
                 cursor = conn.cursor()
                 cursor.execute(
                     sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
@@ -214,6 +239,8 @@ class ReplicationThread(threading.Thread):
                 if not self._stopping:
                     self._on_fatal(_as_flash_error(exc, "replication stopped"))
         finally:
+            with self._conn_lock:
+                self._conn = None
             for connection in (conn, catalog):
                 if connection is not None:
                     try:
@@ -231,6 +258,7 @@ class ReplicationThread(threading.Thread):
         read = cursor.read_message
         dispatcher = self._dispatcher
         waitables = [cursor.connection.fileno(), self._wake_r]
+        dispatcher.tracker.on_advance = self._wake_if_idle
         while not self._stopping:
             if not dispatcher.has_room():
                 self._wait_for_room(cursor)
@@ -240,8 +268,10 @@ class ReplicationThread(threading.Thread):
                 handle(parse(message.payload), message.data_start)
                 continue
             dispatcher.flush()
+            self._idle = True
             self._acknowledge(cursor, force=True)
             readable, _, _ = select.select(waitables, [], [], self._status_interval)
+            self._idle = False
             if self._wake_r in readable:
                 _drain_pipe(self._wake_r)
 

@@ -1,0 +1,39 @@
+"""attrs validators that raise ConfigurationError, so bad configuration is a FlashError."""
+
+from typing import Any, Callable
+
+from .errors import ConfigurationError
+
+Validator = Callable[[Any, Any, Any], None]
+
+
+def instance_of(*types: type) -> Validator:
+    """Like ``attr.validators.instance_of``; a bool is not accepted as an int."""
+    names = " or ".join(t.__name__ for t in types)
+
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ConfigurationError(f"{attribute.name} must be {names}, got {value!r}")
+
+    return check
+
+
+def seconds(minimum: float = 0.0, *, inclusive: bool = True) -> Validator:
+    """A number of seconds no smaller than ``minimum`` (or larger, if not inclusive)."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < minimum
+            or (not inclusive and value == minimum)
+        ):
+            raise ConfigurationError(f"{attribute.name} must be a number of seconds {bound}; got {value!r}")
+
+    return check
+
+
+def positive_int(_instance: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name} must be a positive integer, got {value!r}")
