@@ -10,7 +10,7 @@ pins those formats (see ``SESSION_SETTINGS``) so the casters always understand i
 """
 
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import psycopg2
 import psycopg2.extensions

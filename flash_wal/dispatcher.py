@@ -15,7 +15,6 @@ commit order only.
 import collections
 import logging
 import threading
-import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent
@@ -128,10 +127,6 @@ class AckTracker:
     @property
     def queued_events(self) -> int:
         return self._queued_events
-
-    def in_flight(self) -> bool:
-        """Whether any transaction read from the server is not acknowledged yet."""
-        return bool(self._open)
 
     def wait_drained(self, timeout: Optional[float]) -> bool:
         """Wait until every task handed to workers has run; False on timeout."""
@@ -310,10 +305,6 @@ class Dispatcher:
 
     def routes_for(self, table: TableName) -> Tuple[Route, ...]:
         return self._routes.get(table, ())
-
-    @property
-    def listeners(self) -> Tuple[Listener, ...]:
-        return tuple(self._by_listener)
 
     # --- the replication thread -------------------------------------------------------
 

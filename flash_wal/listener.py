@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import attr
 
 from .errors import ConfigurationError
-from .events import Event
 from .operations import Operation
 from .validators import instance_of
 

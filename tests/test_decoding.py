@@ -7,7 +7,7 @@ import uuid
 import pytest
 from psycopg2 import sql
 
-from flash_wal import UNCHANGED_TOAST, Operation
+from flash_wal import Operation
 
 from .conftest import Recorder
 

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from flash_wal import Client, ConfigurationError, FlashError, Listener, Operation
+from flash_wal import Client, ConfigurationError, FlashError, Listener
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
 from .conftest import Database, wait_for

@@ -3,7 +3,7 @@
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Optional, Sequence, Set
 
 import attr
 import psycopg2

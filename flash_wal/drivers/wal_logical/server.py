@@ -6,7 +6,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 
 import logging
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Dict, Iterable, Optional, Sequence
 
 import attr
 from psycopg2 import sql
@@ -141,11 +141,6 @@ def set_replica_identity_full(cursor, infos: Iterable[TableInfo]) -> None:
             cursor.execute(
                 sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table_identifier(info.name))
             )
-
-
-def publication_exists(cursor, name: str) -> bool:
-    cursor.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,))
-    return cursor.fetchone() is not None
 
 
 def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int) -> None:
