@@ -9,7 +9,7 @@ import attr
 
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
-from .errors import ConfigurationError, FlashError, NotAvailableError
+from .errors import ConfigurationError, FlashError
 from .listener import Listener, ListenerConfig
 from .operations import Operation
 from .validators import positive_int, seconds
@@ -129,8 +129,23 @@ class Client:
         return decorator
 
     def on_message(self, prefix: str) -> Callable[[F], F]:
-        """Decorator for logical decoding messages. Not available yet."""
-        raise NotAvailableError("on_message is not available yet")
+        """Decorator: call the function with a :class:`~flash_wal.MessageEvent` for every
+        logical decoding message (``pg_logical_emit_message``) whose prefix starts with
+        ``prefix`` (PostgreSQL 14+). Transactional messages arrive only if their
+        transaction commits; others at once. Message callbacks run one at a time, in
+        the order the server sent the messages.
+        """
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a string, got {prefix!r}")
+
+        def decorator(func: F) -> F:
+            if not callable(func):
+                raise ConfigurationError(f"callback must be callable, got {func!r}")
+            self._check_open()
+            self._dispatcher.on_message(prefix, func)
+            return func
+
+        return decorator
 
     @property
     def listeners(self) -> List[Listener]:

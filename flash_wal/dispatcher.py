@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent
+from .events import DeleteEvent, Event, InsertEvent, MessageEvent, TruncateEvent, UpdateEvent
 from .listener import Listener, TableName
 from .operations import Operation
 
@@ -145,7 +145,7 @@ class AckTracker:
 class _Task:
     __slots__ = ("route", "txn", "events")
 
-    def __init__(self, route: "Route", txn: Transaction, events: List[Event]) -> None:
+    def __init__(self, route: Any, txn: Transaction, events: List[Any]) -> None:
         self.route = route
         self.txn = txn
         self.events = events
@@ -217,6 +217,9 @@ class Route:
         self.pending: List[Event] = []  # touched by the replication thread only
         self.pending_txn: Optional[Transaction] = None
 
+    def callbacks_for(self, event: Event) -> Tuple[Callable[[Any], Any], ...]:
+        return self.listener.callbacks_for(event.operation)
+
     def matches(self, row: Optional[Dict[str, Any]]) -> bool:
         return row is not None and all(condition.holds(row) for condition in self.conditions)
 
@@ -260,6 +263,21 @@ class Route:
         return TruncateEvent(cascade=change.cascade, restart_identity=change.restart_identity, **meta)
 
 
+class MessageRoute:
+    """The ``on_message`` callbacks: one worker, so messages keep their order."""
+
+    def __init__(self, workers: _Workers) -> None:
+        self.handlers: Tuple[Tuple[str, Callable[[Any], Any]], ...] = ()  # copied on write
+        self.workers = workers
+        self.active = True
+        self.batch_size = BATCH_SIZE
+        self.pending: List[Any] = []
+        self.pending_txn: Optional[Transaction] = None
+
+    def callbacks_for(self, event: MessageEvent) -> Tuple[Callable[[Any], Any], ...]:
+        return tuple(callback for prefix, callback in self.handlers if event.prefix.startswith(prefix))
+
+
 class Dispatcher:
     """Routes changes to attached listeners and runs their callbacks on worker threads."""
 
@@ -273,7 +291,8 @@ class Dispatcher:
         self._routes: Dict[TableName, Tuple[Route, ...]] = {}
         self._by_listener: Dict[Listener, Route] = {}
         self.callbacks_failed = 0
-        self._started_batches: List[Route] = []  # routes with pending events (replication thread)
+        self._started_batches: List[Any] = []  # routes with pending events (replication thread)
+        self._messages = MessageRoute(_Workers("messages", 1, self._run))
 
     # --- listeners (any thread) -------------------------------------------------------
 
@@ -302,6 +321,15 @@ class Dispatcher:
                 del routes[listener.table]
             self._by_listener, self._routes = by_listener, routes
         route.workers.close()
+
+    def on_message(self, prefix: str, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback`` for every logical decoding message whose prefix starts with ``prefix``."""
+        with self._lock:
+            self._messages.handlers += ((prefix, callback),)
+
+    @property
+    def wants_messages(self) -> bool:
+        return bool(self._messages.handlers)
 
     def routes_for(self, table: TableName) -> Tuple[Route, ...]:
         return self._routes.get(table, ())
@@ -339,6 +367,17 @@ class Dispatcher:
             if len(pending) >= route.batch_size:
                 self._hand_off(route)
 
+    def dispatch_message(self, txn: Transaction, event: MessageEvent) -> None:
+        route = self._messages
+        if not route.callbacks_for(event):
+            return
+        if not route.pending:
+            route.pending_txn = txn
+            self._started_batches.append(route)
+        route.pending.append(event)
+        if len(route.pending) >= route.batch_size:
+            self._hand_off(route)
+
     def flush(self) -> None:
         """Hand every partly filled batch to its workers."""
         for route in self._started_batches:
@@ -353,7 +392,7 @@ class Dispatcher:
     def has_room(self) -> bool:
         return self.tracker.queued_events < self.max_queued_events
 
-    def _hand_off(self, route: Route) -> None:
+    def _hand_off(self, route: Any) -> None:
         events, route.pending = route.pending, []
         txn = route.pending_txn
         self.tracker.add_task(txn, len(events))
@@ -363,12 +402,12 @@ class Dispatcher:
 
     def _run(self, task: _Task) -> None:
         route = task.route
-        callbacks_for = route.listener.callbacks_for
+        callbacks_for = route.callbacks_for
         try:
             for event in task.events:
                 if not route.active:  # detached: not one more call
                     break
-                for callback in callbacks_for(event.operation):
+                for callback in callbacks_for(event):
                     try:
                         callback(event)
                     except BaseException as exc:
@@ -395,6 +434,6 @@ class Dispatcher:
 
     def close(self) -> None:
         with self._lock:
-            routes = list(self._by_listener.values())
+            routes = list(self._by_listener.values()) + [self._messages]
         for route in routes:
             route.workers.close()

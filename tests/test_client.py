@@ -534,10 +534,32 @@ def test_acknowledgement_reaches_an_idle_server_without_waiting_for_status_inter
         )[0] > commit_lsn, timeout=5, what="the acknowledgement")
 
 
-def test_unavailable_features_raise_a_flash_error(make_client):
-    from flash_wal.errors import NotAvailableError
-
+def test_on_message_delivers_logical_decoding_messages(make_client, make_table, db):
+    table = make_table()
+    audit, everything, rows = Recorder(), Recorder(), Recorder()
     client = make_client()
-    with pytest.raises(NotAvailableError) as info:
-        client.on_message("audit")
-    assert isinstance(info.value, FlashError) and isinstance(info.value, NotImplementedError)
+    client.on(table, Operation.INSERT)(rows)
+    assert client.on_message("audit")(audit) is audit
+    client.on_message("")(everything)
+    with client:
+        db.execute("SELECT pg_logical_emit_message(false, 'audit.login', 'alice')")
+        db.execute("BEGIN")
+        db.execute("SELECT pg_logical_emit_message(true, 'audit.tx', '\\x00ff'::bytea)")
+        db.execute("SELECT pg_logical_emit_message(true, 'other', 'kept')")
+        insert(db, table, title="with messages")
+        db.execute("COMMIT")
+        db.execute("BEGIN")
+        db.execute("SELECT pg_logical_emit_message(true, 'audit.rolled_back', 'never')")
+        db.execute("ROLLBACK")
+        db.execute("SELECT pg_logical_emit_message(false, 'audit.last', 'bye')")
+        messages = audit.wait(3)
+        everything.wait(4)
+        rows.wait(1)
+    assert [(m.prefix, m.content, m.transactional) for m in messages] == [
+        ("audit.login", b"alice", False), ("audit.tx", b"\x00\xff", True), ("audit.last", b"bye", False),
+    ]
+    assert [m.prefix for m in everything.events] == ["audit.login", "audit.tx", "other", "audit.last"]
+    assert messages[1].xid == rows.events[0].xid and messages[0].xid is None
+    assert messages[0].lsn < messages[1].lsn < messages[2].lsn
+    with pytest.raises(ConfigurationError):
+        client.on_message(b"bytes")

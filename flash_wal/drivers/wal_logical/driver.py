@@ -113,6 +113,8 @@ class Driver(base.Driver):
             self.server_version = server.server_version(cursor)
             self.protocol_version = server.protocol_version_for(self.server_version)
             server.check_server(cursor, config.replication_slot)
+            if dispatcher.wants_messages and self.server_version < 140000:
+                raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
             self._claim_slot(cursor)
             server.create_publication(cursor, config.publication_name, infos, self.server_version)

@@ -19,6 +19,7 @@ from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
 from ...dispatcher import Change, Dispatcher, Transaction
+from ...events import MessageEvent
 from ...errors import ConfigurationError, FlashError, ReplicationError
 from ...operations import Operation
 from ...protocol import (
@@ -57,7 +58,7 @@ class ChangeTranslator:
             Truncate: self._truncate,
             Type: self._ignore,
             Origin: self._ignore,
-            Message: self._ignore,
+            Message: self._message,
         }
 
     def handle(self, message: Any, lsn: int) -> None:
@@ -79,6 +80,25 @@ class ChangeTranslator:
 
     def _ignore(self, message: Any, lsn: int) -> None:
         pass
+
+    def _message(self, message: Message, lsn: int) -> None:
+        dispatcher = self.dispatcher
+        if not dispatcher.wants_messages:
+            return
+        if message.transactional:
+            # Outside streaming, a transaction is sent once it has committed.
+            txn = self.txn
+            event = MessageEvent(prefix=message.prefix, content=message.content, transactional=True,
+                                 lsn=message.lsn, xid=txn.xid)
+            dispatcher.dispatch_message(txn, event)
+            return
+        # Sent as decoded, outside any transaction: it gets a transaction of its own
+        # for the bookkeeping, acknowledged at its own position.
+        txn = dispatcher.begin(message.lsn, None, None)
+        event = MessageEvent(prefix=message.prefix, content=message.content, transactional=False,
+                             lsn=message.lsn, xid=None)
+        dispatcher.dispatch_message(txn, event)
+        dispatcher.commit(txn, message.lsn)
 
     def _insert(self, message: Insert, lsn: int) -> None:
         decoder = self.relations.get(message.relid)
