@@ -552,8 +552,17 @@ class PgOutputParser:
         ``payload`` must be ``bytes`` (text values are slices of it). Raises
         :class:`ProtocolError` for any malformed or out-of-place message.
         """
+        return self._parse(self._table, payload)
+
+    def parse_held(self, payload: bytes) -> PgOutputMessage:
+        """Parse a message that was received inside a streamed block and held for
+        later, whatever the parser's state now (which it leaves alone)."""
+        return self._parse(self._inside, payload)
+
+    @staticmethod
+    def _parse(table: tuple, payload: bytes) -> PgOutputMessage:
         try:
-            reader = self._table[payload[0]]
+            reader = table[payload[0]]
         except IndexError:
             raise ProtocolError("empty pgoutput payload") from None
         try:

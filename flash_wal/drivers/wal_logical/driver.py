@@ -13,7 +13,7 @@ from ...connection import connect, mask_dsn
 from ...dispatcher import Dispatcher
 from ...errors import ConfigurationError, FlashError, NotAvailableError
 from ...listener import Listener, TableName
-from ...validators import instance_of, seconds
+from ...validators import instance_of, positive_int, seconds
 from .. import base
 from . import server
 from .stream import ReplicationThread
@@ -42,8 +42,12 @@ class DriverConfig:
     publication_slot_prefix: str = attr.ib(default="flash_publication", validator=_check_server_name)
     #: The replication slot's exact name.
     replication_slot: str = attr.ib(default="flash_replication", validator=_check_server_name)
-    #: Let the server stream large transactions while in progress (PostgreSQL 14+).
+    #: Let the server send large transactions while in progress (PostgreSQL 14+); they
+    #: are held, in memory up to ``stream_buffer_bytes`` and on disk past it, and
+    #: delivered once committed.
     use_streaming: bool = attr.ib(default=False, validator=instance_of(bool))
+    #: Bytes of one streamed transaction held in memory before it spills to a temporary file.
+    stream_buffer_bytes: int = attr.ib(default=64 * 1024 * 1024, validator=positive_int)
     #: Keep slot and publication across restarts and resume where the last run stopped.
     durable: bool = attr.ib(default=False, validator=instance_of(bool))
     #: Set REPLICA IDENTITY FULL on listened tables so old rows arrive whole.
@@ -80,8 +84,6 @@ class Driver(base.Driver):
             raise ConfigurationError("pass either a DriverConfig or keyword arguments, not both")
         if config.durable:
             raise NotAvailableError("durable=True is not available yet; use durable=False")
-        if config.use_streaming:
-            raise NotAvailableError("use_streaming=True is not available yet; use use_streaming=False")
         self.config = config
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
@@ -113,6 +115,8 @@ class Driver(base.Driver):
             self.server_version = server.server_version(cursor)
             self.protocol_version = server.protocol_version_for(self.server_version)
             server.check_server(cursor, config.replication_slot)
+            if config.use_streaming and self.server_version < 140000:
+                raise ConfigurationError("use_streaming=True needs PostgreSQL 14 or later; set it to False")
             if dispatcher.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
@@ -130,6 +134,7 @@ class Driver(base.Driver):
                 dispatcher=dispatcher,
                 status_interval=config.status_interval,
                 shutdown_timeout=shutdown_timeout,
+                stream_buffer_bytes=config.stream_buffer_bytes,
                 on_fatal=on_fatal,
             )
             self._thread.start_streaming(timeout=config.setup_timeout)
@@ -234,6 +239,8 @@ class Driver(base.Driver):
         }
         if self.server_version >= 140000:
             options["messages"] = "true"
+        if self.config.use_streaming:
+            options["streaming"] = "true"
         return options
 
     def _remove_server_objects(self) -> None:

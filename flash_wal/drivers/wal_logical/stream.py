@@ -12,7 +12,7 @@ import os
 import select
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -31,10 +31,15 @@ from ...protocol import (
     Origin,
     PgOutputParser,
     Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
     Truncate,
     Type,
     Update,
 )
+from .held import HeldTransaction
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +47,31 @@ INSERT, UPDATE, DELETE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation
 
 
 class ChangeTranslator:
-    """Turns parsed pgoutput messages into dispatcher calls (replication thread only)."""
+    """Turns parsed pgoutput messages into dispatcher calls (replication thread only).
 
-    def __init__(self, dispatcher: Dispatcher, relations: RelationCache) -> None:
+    Streamed transactions (``use_streaming``) are held, frame by frame, until their
+    Stream Commit; then :meth:`handle` returns an iterator that replays them, one
+    frame per step, so the caller keeps control between frames (back-pressure,
+    stopping) however large the transaction.
+    """
+
+    def __init__(
+        self, dispatcher: Dispatcher, relations: RelationCache, parser: PgOutputParser,
+        stream_buffer_bytes: int,
+    ) -> None:
         self.dispatcher = dispatcher
         self.relations = relations
+        self.parser = parser
         self.txn: Optional[Transaction] = None
-        self._handlers: Dict[type, Callable[[Any, int], None]] = {
+        self._stream_buffer_bytes = stream_buffer_bytes
+        self._held: Dict[int, HeldTransaction] = {}  # top-level xid -> its frames
+        self._streaming: Optional[HeldTransaction] = None  # the block being received
+        self._replay: Optional[Iterator[None]] = None
+        self._handlers: Dict[type, Callable[[Any, int], Any]] = {
+            StreamStart: self._stream_start,
+            StreamStop: self._stream_stop,
+            StreamCommit: self._stream_commit,
+            StreamAbort: self._stream_abort,
             Begin: self._begin,
             Commit: self._commit,
             Relation: self._relation,
@@ -61,12 +84,69 @@ class ChangeTranslator:
             Message: self._message,
         }
 
-    def handle(self, message: Any, lsn: int) -> None:
+    def handle(self, message: Any, lsn: int, payload: bytes) -> Optional[Iterator[None]]:
+        """Act on one message; for a Stream Commit, return the replay to run."""
+        held = self._streaming
+        if held is not None and message.__class__ is not StreamStop:
+            if message.__class__ is Relation:
+                self.relations.update(message)  # later blocks and transactions rely on it
+            if message.__class__ is not Origin:
+                held.append(message.xid, lsn, payload)
+            return None
         try:
             handler = self._handlers[message.__class__]
         except KeyError:
-            raise ReplicationError(f"unexpected {type(message).__name__} message outside streaming") from None
-        handler(message, lsn)
+            raise ReplicationError(f"unexpected {type(message).__name__} message") from None
+        return handler(message, lsn)
+
+    def close(self) -> None:
+        """Drop every held transaction, removing its temporary file."""
+        if self._replay is not None:
+            self._replay.close()
+            self._replay = None
+        for held in self._held.values():
+            held.close()
+        self._held.clear()
+        self._streaming = None
+
+    # --- streamed transactions --------------------------------------------------------
+
+    def _stream_start(self, message: StreamStart, lsn: int) -> None:
+        held = self._held.get(message.xid)
+        if held is None:
+            held = self._held[message.xid] = HeldTransaction(message.xid, self._stream_buffer_bytes)
+        self._streaming = held
+
+    def _stream_stop(self, message: StreamStop, lsn: int) -> None:
+        self._streaming = None
+
+    def _stream_abort(self, message: StreamAbort, lsn: int) -> None:
+        held = self._held.get(message.xid)
+        if held is None:
+            return
+        if message.subxid == message.xid:
+            self._held.pop(message.xid).close()
+        else:
+            held.abort_subtransaction(message.subxid)
+
+    def _stream_commit(self, message: StreamCommit, lsn: int) -> Iterator[None]:
+        held = self._held.pop(message.xid, None) or HeldTransaction(message.xid, 0)
+        self._replay = self._replayed(held, message)
+        return self._replay
+
+    def _replayed(self, held: HeldTransaction, commit: StreamCommit) -> Iterator[None]:
+        try:
+            self.txn = self.dispatcher.begin(commit.commit_lsn, commit.xid, commit.commit_time)
+            parse_held, handlers = self.parser.parse_held, self._handlers
+            for lsn, payload in held.frames():
+                message = parse_held(payload)
+                handlers[message.__class__](message, lsn)
+                yield
+            self.dispatcher.commit(self.txn, commit.end_lsn)
+            self.txn = None
+        finally:
+            held.close()
+            self._replay = None
 
     def _begin(self, message: Begin, lsn: int) -> None:
         self.txn = self.dispatcher.begin(message.final_lsn, message.xid, message.commit_time)
@@ -150,6 +230,7 @@ class ReplicationThread(threading.Thread):
         dispatcher: Dispatcher,
         status_interval: float,
         shutdown_timeout: float,
+        stream_buffer_bytes: int,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         super().__init__(name=f"flash_wal-replication-{slot}", daemon=True)
@@ -160,6 +241,7 @@ class ReplicationThread(threading.Thread):
         self._dispatcher = dispatcher
         self._status_interval = status_interval
         self._shutdown_timeout = shutdown_timeout
+        self._stream_buffer_bytes = stream_buffer_bytes
         self._on_fatal = on_fatal
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -251,13 +333,18 @@ class ReplicationThread(threading.Thread):
                 return catalog.cursor()
 
             casters = TypeCasters(conn.cursor(), lookup=_lazy_lookup(catalog_cursor))
-            translator = ChangeTranslator(self._dispatcher, RelationCache(casters))
+            parser = PgOutputParser(self._protocol_version)
+            translator = ChangeTranslator(
+                self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
+            )
             try:
-                self._stream(cursor, translator)
+                self._stream(cursor, parser, translator)
                 self._finish(cursor)
             except BaseException as exc:
                 if not self._stopping:
                     self._on_fatal(_as_flash_error(exc, "replication stopped"))
+            finally:
+                translator.close()
         finally:
             with self._conn_lock:
                 self._conn = None
@@ -272,20 +359,26 @@ class ReplicationThread(threading.Thread):
                 os.close(self._wake_r)
                 os.close(self._wake_w)
 
-    def _stream(self, cursor: Any, translator: ChangeTranslator) -> None:
-        parser = PgOutputParser(self._protocol_version)
+    def _stream(self, cursor: Any, parser: PgOutputParser, translator: ChangeTranslator) -> None:
         parse, handle = parser.parse, translator.handle
         read = cursor.read_message
         dispatcher = self._dispatcher
         waitables = [cursor.connection.fileno(), self._wake_r]
         dispatcher.tracker.on_advance = self._wake_if_idle
+        replay: Optional[Iterator[None]] = None
         while not self._stopping:
             if not dispatcher.has_room():
                 self._wait_for_room(cursor)
                 continue
+            if replay is not None:
+                # A committed streamed transaction goes out before anything newer.
+                if next(replay, StopIteration) is StopIteration:
+                    replay = None
+                continue
             message = read()
             if message is not None:
-                handle(parse(message.payload), message.data_start)
+                payload = message.payload
+                replay = handle(parse(payload), message.data_start, payload)
                 continue
             dispatcher.flush()
             self._idle = True
