@@ -39,7 +39,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Dict, List, Mapping, Optional, Set, Tuple, Type, Union
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 from urllib.parse import quote
 
 from .errors import ConfigurationError, FlashError
@@ -85,6 +85,8 @@ _PORT_IN_USE_MARKERS = (
 )
 #: Longest unix socket path PostgreSQL accepts (sizeof(sun_path) - 1).
 _MAX_SOCKET_PATH = 107
+#: Seconds between two looks while waiting for processes or a port.
+_POLL_INTERVAL = 0.05
 
 # Installation directories already made readable for another user in this process.
 _prepared_dirs: Set[Tuple[Path, int]] = set()
@@ -182,12 +184,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_postmaster_pid(data_dir: Path) -> Optional[int]:
+def _lock_file_pid(path: Path) -> Optional[int]:
+    """The pid a PostgreSQL lock file (``postmaster.pid``, ``.s.PGSQL.<port>.lock``) names."""
     try:
-        first = (data_dir / "postmaster.pid").read_text().splitlines()[0]
-        return int(first.strip())
+        return int(path.read_text().splitlines()[0].strip())
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _read_postmaster_pid(data_dir: Path) -> Optional[int]:
+    return _lock_file_pid(data_dir / "postmaster.pid")
 
 
 class _RunAs:
@@ -290,6 +296,16 @@ def _grant_other(path: Path, bits: int) -> bool:
     return True
 
 
+def _let_reach(run_as: _RunAs, path: Path) -> None:
+    """Add the traverse bit (``o+x``) to the parents of ``path`` lacking it, so that
+    ``run_as`` can reach ``path``."""
+    if not run_as.switch:
+        return
+    for parent in reversed(path.parents):
+        if _grant_other(parent, stat.S_IXOTH):
+            logger.info("chmod o+x %s so that user %s can reach %s", parent, run_as.name, path)
+
+
 def _prepare_install_dirs(dirs: List[Path], run_as: _RunAs) -> None:
     """Let ``run_as`` reach and read the PostgreSQL installation ``dirs``.
 
@@ -303,10 +319,7 @@ def _prepare_install_dirs(dirs: List[Path], run_as: _RunAs) -> None:
             d = d.resolve()
             if (d, run_as.uid) in _prepared_dirs or not d.is_dir():
                 continue
-            for parent in reversed(d.parents):
-                if _grant_other(parent, stat.S_IXOTH):
-                    logger.info("chmod o+x %s so that user %s can reach %s",
-                                parent, run_as.name, d)
+            _let_reach(run_as, d)
             changed = int(_grant_other(d, stat.S_IROTH | stat.S_IXOTH))
             for dirpath, dirnames, filenames in os.walk(d):
                 for name in dirnames:
@@ -383,73 +396,189 @@ def _run(state: _State, args: List[str], timeout: float) -> Tuple[int, str, str]
     return code, stdout, stderr
 
 
+def _wait_until(done: Callable[[], bool], deadline: float) -> bool:
+    """Poll ``done()`` until it is true (-> True) or ``deadline`` has passed (-> False)."""
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    return True
+
+
+def _server_processes(data_dir: Path, postgres: Path) -> List[int]:
+    """Pids of the live processes running ``postgres`` for ``data_dir`` ([] without /proc).
+
+    Only the postmaster's command line names the data directory, but the postmaster
+    chdirs into it and its children inherit that working directory. Zombies have none:
+    they are dead and hold nothing, so skipping them is right.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    wanted_cwd = os.path.realpath(data_dir)
+    wanted_exe = os.path.realpath(postgres)
+    found = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/cwd") != wanted_cwd:
+                continue
+            exe = os.readlink(f"/proc/{entry}/exe")
+        except OSError:
+            continue  # exited meanwhile, a zombie, or a kernel thread
+        if exe.removesuffix(" (deleted)") == wanted_exe:
+            found.append(int(entry))
+    return found
+
+
+def _shm_attached(data_dir: Path) -> int:
+    """How many processes are attached to the System V shared memory segment that
+    ``postmaster.pid`` names (0 if none, or unknown).
+
+    PostgreSQL refuses to start while this is not 0 ("pre-existing shared memory block
+    ... is still in use"), so it is checked as well as :func:`_server_processes`: it
+    also counts attached processes that function cannot recognise.
+    """
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        key, shmid = (int(field) for field in lines[6].split())  # line 7: "key id"
+        with open("/proc/sysvipc/shm") as fh:
+            header = fh.readline().split()
+            k, i, n = header.index("key"), header.index("shmid"), header.index("nattch")
+            for line in fh:
+                fields = line.split()
+                if int(fields[k]) == key and int(fields[i]) == shmid:
+                    return int(fields[n])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def _port_free(port: int) -> bool:
+    """Whether the server could listen on 127.0.0.1:``port`` now.
+
+    Binds the way PostgreSQL does, with SO_REUSEADDR: connections lingering in
+    TIME_WAIT do not count, a listener or a client bound to that port does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def _shutdown_server(state: _State) -> None:
-    """Stop the postmaster of ``state.data_dir`` if it runs: fast, then immediate, then SIGKILL."""
+    """Stop the server of ``state.data_dir`` and wait until none of its processes is left.
+
+    A live postmaster is stopped (see :func:`_stop_postmaster`). A dead one (crashed,
+    SIGKILLed by someone) needs no stopping, but what it left behind must go before
+    the data directory can be started again (see :func:`_clear_dead_server`).
+    """
     data_dir = state.data_dir
     if data_dir is None or not data_dir.exists():
         return
     pid = _read_postmaster_pid(data_dir)
     if pid is None:
         return
-    if not _pid_alive(pid):
-        _forget_dead_postmaster(data_dir, pid)
-        return
+    if _pid_alive(pid):
+        _stop_postmaster(state, pid)
+    _clear_dead_server(state, pid)
+
+
+def _stop_postmaster(state: _State, pid: int) -> None:
+    """Stop the postmaster ``pid``: ``pg_ctl stop`` fast, then immediate, then SIGKILL.
+
+    pg_ctl only sends the signal (``-W``); we wait ourselves because pg_ctl takes a
+    zombie for a running server: a postmaster SIGKILLed a moment before it is called
+    would keep it waiting until a lazy init process reaps it (or its timeout).
+    """
+    def not_alive() -> bool:
+        return not _pid_alive(pid)
+
     for mode in ("fast", "immediate"):
         try:
-            code, out, err = _run(
-                state,
-                ["pg_ctl", "stop", "-D", str(data_dir), "-m", mode, "-w",
-                 "-t", str(int(state.stop_timeout))],
-                timeout=state.stop_timeout + 5,
-            )
-            if code != 0:
-                logger.warning("pg_ctl stop -m %s exited %s: %s", mode, code, (out + err).strip())
+            code, out, err = _run(state, ["pg_ctl", "stop", "-D", str(state.data_dir),
+                                          "-m", mode, "-W"], timeout=30)
+            outcome = f"exited {code}: {(out + err).strip()}"
         except FlashError as exc:
-            logger.warning("pg_ctl stop -m %s failed: %s", mode, exc)
-        if not _pid_alive(pid):
+            code, outcome = None, str(exc)
+        # Without a signal sent there is nothing to wait for: just look once.
+        wait = state.stop_timeout if code == 0 else 0.0
+        if _wait_until(not_alive, time.monotonic() + wait):
             logger.info("PostgreSQL (pid %s) stopped", pid)
             return
+        logger.warning("PostgreSQL (pid %s) still runs after pg_ctl stop -m %s (%s)",
+                       pid, mode, outcome)
     logger.warning("PostgreSQL (pid %s) ignores pg_ctl stop; killing it", pid)
     try:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
-    deadline = time.monotonic() + 10
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _pid_alive(pid):
+    if not _wait_until(not_alive, time.monotonic() + 10):
         raise FlashError(f"PostgreSQL (pid {pid}) could not be stopped")
-    _forget_dead_postmaster(data_dir, pid)
 
 
-def _forget_dead_postmaster(data_dir: Path, pid: int, timeout: float = 10.0) -> None:
-    """Make a crashed (e.g. SIGKILLed) postmaster's data directory startable again.
+def _clear_dead_server(state: _State, pid: int) -> None:
+    """Make the data directory of the dead postmaster ``pid`` startable again.
 
-    PostgreSQL refuses to start while the pid of ``postmaster.pid`` answers
-    ``kill(pid, 0)``, which a zombie does until its parent reaps it; some container
-    init processes reap lazily. Wait for the pid to vanish, and if it stays a
-    zombie, remove the stale ``postmaster.pid`` (the process is dead either way).
+    After a clean stop there is nothing to do. After a crash or a SIGKILL PostgreSQL
+    refuses to start there while
+
+    * a process is still attached to the old server's shared memory: the postmaster's
+      children outlive it until they notice its death, which takes a moment (longer
+      on a loaded machine). They are orphans with nothing left to do, so they are
+      SIGKILLed, as an immediate shutdown would; the next start runs crash recovery;
+    * a lock file it took names a pid that answers ``kill(pid, 0)``, as a zombie does
+      until its parent reaps it, and some container init processes reap only seconds
+      later. Once nothing of the server is left its lock files are stale: they are
+      removed (``postmaster.pid``, and ``.s.PGSQL.<port>.lock`` beside the unix socket).
+
+    Polls until no process of the server is left, for up to ``state.stop_timeout`` s.
     """
-    pid_file = data_dir / "postmaster.pid"
-    deadline = time.monotonic() + timeout
-    while pid_file.exists() and _read_postmaster_pid(data_dir) == pid:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        if _pid_alive(pid):
-            return  # pid reused by a live process; let PostgreSQL judge
-        if time.monotonic() > deadline:
-            logger.warning("postmaster pid %s is a zombie nobody reaps; removing %s",
-                           pid, pid_file)
+    data_dir = state.data_dir
+    assert data_dir is not None and state.bin_dir is not None
+    postgres = state.bin_dir / "postgres"
+    deadline = time.monotonic() + state.stop_timeout
+    killed: Set[int] = set()
+    while True:
+        leftovers = _server_processes(data_dir, postgres)
+        attached = _shm_attached(data_dir)
+        if not leftovers and not attached:
+            break
+        if time.monotonic() >= deadline:
+            raise FlashError(
+                f"the server of {data_dir} is still not gone {state.stop_timeout:g} s after "
+                f"its postmaster (pid {pid}) died: processes {leftovers}, {attached} "
+                "attached to its shared memory"
+            )
+        for child in set(leftovers) - killed:
+            logger.info("killing PostgreSQL process %s left behind by the dead postmaster %s",
+                        child, pid)
             try:
-                pid_file.unlink()
+                os.kill(child, signal.SIGKILL)
             except OSError:
                 pass
-            return
-        time.sleep(0.05)
+            killed.add(child)
+        time.sleep(_POLL_INTERVAL)
+    pid_file = data_dir / "postmaster.pid"
+    socket_dirs = {state.runtime_dir} if state.runtime_dir is not None else set()
+    try:
+        # Line 5 names the (first) socket directory, in case settings= moved it.
+        socket_dirs.add(Path(pid_file.read_text().splitlines()[4].strip()))
+    except (OSError, IndexError):
+        pass
+    locks = [lock for d in socket_dirs if d.is_absolute() for lock in d.glob(".s.PGSQL.*.lock")]
+    for lock in locks + [pid_file]:
+        if _lock_file_pid(lock) == pid:
+            logger.info("removing %s of the dead postmaster %s", lock, pid)
+            try:
+                lock.unlink()
+            except OSError:
+                pass
 
 
 def _remove_dirs(state: _State) -> None:
@@ -681,13 +810,25 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """Stop the server (if it runs) and start it again on the same data directory
-        and port. Also recovers a server that was killed.
+        and port. Also recovers a server that was killed: what is left of it (children
+        of a SIGKILLed postmaster, stale lock files) is cleared away first.
         """
         with self._lock:
             state = self._state
             if state.data_dir is None or state.runtime_dir is None:
                 raise FlashError("restart(): the server has not been started (or was stopped)")
+            assert state.run_as is not None
+            # The server user may have lost the way to the data directory that start()
+            # opened: a pytest session starting meanwhile resets /tmp/pytest-of-<user>
+            # to 0700, for one. pg_ctl could then neither stop nor start the server.
+            _let_reach(state.run_as, state.data_dir)
+            # Returns once no process of the old server is left, even if it was killed.
             _shutdown_server(state)
+            # Its sockets went with its processes; whoever else holds the port (which a
+            # restart keeps) may be about to let go of it.
+            port = self.port
+            if not _wait_until(lambda: _port_free(port), time.monotonic() + self.stop_timeout):
+                logger.warning("port %s is still in use; starting anyway", port)
             self._configure_cluster()
             self._start_server(allow_new_port=False)
             logger.info("PostgreSQL restarted on %s:%s", _HOST, self._port)
@@ -764,11 +905,7 @@ class EmbeddedPostgres:
             elif run_as.switch and data.stat().st_uid != run_as.uid:
                 logger.info("chown -R %s %s", run_as.name, data)
                 run_as.chown_tree(data)
-            if run_as.switch:
-                for parent in reversed(data.parents):
-                    if _grant_other(parent, stat.S_IXOTH):
-                        logger.info("chmod o+x %s so that user %s can reach %s",
-                                    parent, run_as.name, data)
+            _let_reach(run_as, data)
             os.chmod(data, 0o700)
             state.data_dir = data
             state.owns_data_dir = False

