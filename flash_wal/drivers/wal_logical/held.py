@@ -61,12 +61,11 @@ class HeldTransaction:
     def _records(self) -> Iterator[Tuple[int, int, bytes]]:
         unpack_from, header_size = _RECORD.unpack_from, _RECORD.size
         if self._file is None:
-            data, pos = bytes(self._buffer), 0
-            self._buffer = bytearray()
+            data, pos = self._buffer, 0
             while pos < len(data):
                 subxid, lsn, length = unpack_from(data, pos)
                 pos += header_size
-                yield subxid, lsn, data[pos:pos + length]
+                yield subxid, lsn, bytes(data[pos:pos + length])  # one frame copied, not all
                 pos += length
             return
         self._file.flush()
