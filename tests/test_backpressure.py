@@ -21,7 +21,8 @@ def test_callback_blocking_three_wal_sender_timeouts_causes_no_disconnect(make_t
     limit = 10
     client = Client(
         database_cnx=dsn, max_queued_events=limit, shutdown_timeout=5,
-        driver=Driver(DriverConfig(publication_slot_prefix=f"pub_{slot}", replication_slot=slot, status_interval=1)),
+        # status_interval stays at its default, 10 s: longer than the server's timeout
+        driver=Driver(DriverConfig(publication_slot_prefix=f"pub_{slot}", replication_slot=slot)),
     )
     release, blocked, done = threading.Event(), threading.Event(), Recorder()
     depths = []

@@ -242,6 +242,7 @@ class ReplicationThread(threading.Thread):
         self._status_interval = status_interval
         self._shutdown_timeout = shutdown_timeout
         self._stream_buffer_bytes = stream_buffer_bytes
+        self._keepalive_interval = status_interval  # refined from the server's wal_sender_timeout
         self._on_fatal = on_fatal
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -311,6 +312,7 @@ class ReplicationThread(threading.Thread):
                 with self._conn_lock:
                     self._conn = conn
                 cursor = conn.cursor()
+                self._keepalive_interval = self._keepalive_interval_for(cursor)
                 cursor.execute(
                     sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
                         sql.Identifier(self._slot)
@@ -332,19 +334,21 @@ class ReplicationThread(threading.Thread):
                     catalog = self._connect(replication=False)
                 return catalog.cursor()
 
-            casters = TypeCasters(conn.cursor(), lookup=_lazy_lookup(catalog_cursor))
-            parser = PgOutputParser(self._protocol_version)
-            translator = ChangeTranslator(
-                self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
-            )
+            translator = None
             try:
+                casters = TypeCasters(conn.cursor(), lookup=_lazy_lookup(catalog_cursor))
+                parser = PgOutputParser(self._protocol_version)
+                translator = ChangeTranslator(
+                    self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
+                )
                 self._stream(cursor, parser, translator)
                 self._finish(cursor)
             except BaseException as exc:
                 if not self._stopping:
                     self._on_fatal(_as_flash_error(exc, "replication stopped"))
             finally:
-                translator.close()
+                if translator is not None:
+                    translator.close()
         finally:
             with self._conn_lock:
                 self._conn = None
@@ -388,14 +392,27 @@ class ReplicationThread(threading.Thread):
             if self._wake_r in readable:
                 _drain_pipe(self._wake_r)
 
+    def _keepalive_interval_for(self, cursor: Any) -> float:
+        """How often to send status updates while not reading.
+
+        psycopg2 answers the server's keepalive requests only from read_message();
+        while reading is paused those requests go unseen, so unprompted updates must
+        come often enough for the server's wal_sender_timeout.
+        """
+        cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'")
+        timeout_ms = cursor.fetchone()[0]
+        if timeout_ms <= 0:
+            return self._status_interval
+        return min(self._status_interval, timeout_ms / 1000 / 3)
+
     def _wait_for_room(self, cursor: Any) -> None:
         """The workers are behind: read nothing new, but keep the server answered."""
-        deadline = time.monotonic() + self._status_interval
+        deadline = time.monotonic() + self._keepalive_interval
         while not self._stopping and not self._dispatcher.has_room():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._acknowledge(cursor, force=True, keepalive=True)
-                deadline = time.monotonic() + self._status_interval
+                deadline = time.monotonic() + self._keepalive_interval
                 continue
             self._dispatcher.tracker.wait_for_room(self._dispatcher.max_queued_events, remaining)
         self._acknowledge(cursor, force=True)
@@ -412,7 +429,7 @@ class ReplicationThread(threading.Thread):
         self._dispatcher.flush()
         while True:
             remaining = deadline - time.monotonic()
-            if self._dispatcher.drain(min(max(remaining, 0), self._status_interval)):
+            if self._dispatcher.drain(min(max(remaining, 0), self._keepalive_interval)):
                 break
             if remaining <= 0:
                 self.drained = False
