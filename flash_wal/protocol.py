@@ -557,6 +557,8 @@ class PgOutputParser:
     def parse_held(self, payload: bytes) -> PgOutputMessage:
         """Parse a message that was received inside a streamed block and held for
         later, whatever the parser's state now (which it leaves alone)."""
+        if payload[:1] == b"E" and self.protocol_version >= 2:  # it would change the state
+            raise ProtocolError("invalid Stream Stop message at byte 0: a Stream Stop is never held")
         return self._parse(self._inside, payload)
 
     @staticmethod
