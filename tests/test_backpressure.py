@@ -9,7 +9,7 @@ from flash_wal import Client, Operation
 from flash_wal.dispatcher import BATCH_SIZE
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
-from .conftest import Recorder, wait_for
+from .conftest import Recorder
 
 WAL_SENDER_TIMEOUT = 2.0
 

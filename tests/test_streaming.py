@@ -2,7 +2,6 @@
 delivered only once committed; memory stays bounded; temporary files go away."""
 
 import os
-import threading
 
 import psycopg2.extensions
 import pytest
