@@ -10,6 +10,7 @@ tests/test_captured_frames.py parses them and checks what they say.
 
 import json
 import os
+import select
 import sys
 import time
 
@@ -65,7 +66,7 @@ def capture(dsn: str) -> dict:
     while time.monotonic() < deadline:
         message = rcur.read_message()
         if message is None:
-            time.sleep(0.01)
+            select.select([rcur], [], [], max(0.0, deadline - time.monotonic()))
             continue
         if END_MARK in message.payload:
             break
