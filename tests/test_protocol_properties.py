@@ -591,7 +591,7 @@ HELD_CONFIGS = [config for config in CONFIGS if config[3]]
         ANY_CASE_MESSAGE.map(lambda case_msg: encode(case_msg[1])), st.binary(max_size=40)
     ),
 )
-@example(config=(2, False, True, True), payload=b"E")  # the minimal failing case
+@example(config=(2, False, True, True), payload=b"E")  # a Stream Stop: never held, refused
 def test_parse_held_leaves_the_parser_state_alone(config: tuple, payload: bytes) -> None:
     parser, parse_held = make(config)
     before = parser.in_stream
