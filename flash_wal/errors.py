@@ -19,6 +19,3 @@ class ProtocolError(FlashError):
 class ReplicationError(FlashError):
     """The replication stream failed while running (connection lost, server error)."""
 
-
-class NotAvailableError(FlashError, NotImplementedError):
-    """A documented feature that this version of flash_wal does not provide yet."""

@@ -200,13 +200,6 @@ def test_bad_names_are_rejected_when_configured():
         DriverConfig(publication_slot_prefix="p" * 40, replication_slot="s" * 40)
 
 
-def test_durable_is_not_available_yet():
-    from flash_wal.errors import NotAvailableError
-
-    with pytest.raises(NotAvailableError) as info:
-        Driver(DriverConfig(durable=True))
-    assert isinstance(info.value, FlashError) and isinstance(info.value, NotImplementedError)
-
 
 def test_open_transaction_blocking_slot_creation_fails_within_setup_timeout(make_table, db, unique):
     table, other = make_table(), make_table()

@@ -11,7 +11,7 @@ import psycopg2.errorcodes
 
 from ...connection import connect, mask_dsn
 from ...dispatcher import Dispatcher
-from ...errors import ConfigurationError, FlashError, NotAvailableError
+from ...errors import ConfigurationError, FlashError
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
@@ -82,8 +82,6 @@ class Driver(base.Driver):
             config = DriverConfig(**kwargs)
         elif kwargs:
             raise ConfigurationError("pass either a DriverConfig or keyword arguments, not both")
-        if config.durable:
-            raise NotAvailableError("durable=True is not available yet; use durable=False")
         self.config = config
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
@@ -109,6 +107,7 @@ class Driver(base.Driver):
         self._dsn = database_cnx
         config = self.config
         published = False
+        slot_existed = True  # until we know the slot is ours to create (and to drop on failure)
         try:
             self._query = self._connect_query()
             cursor = self._query.cursor()
@@ -120,15 +119,23 @@ class Driver(base.Driver):
             if dispatcher.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
-            self._claim_slot(cursor)
-            server.create_publication(cursor, config.publication_name, infos, self.server_version)
-            published = True
+            slot_existed = self._claim_slot(cursor)
+            if slot_existed and server.publication_tables(cursor, config.publication_name) is not None:
+                # Resuming: the slot's WAL is decoded with the publication as it was
+                # then, so it is altered, never replaced.
+                current = server.publication_tables(cursor, config.publication_name)
+                server.alter_publication(cursor, config.publication_name, add=set(infos) - current,
+                                         drop=current - set(infos))
+            else:
+                server.create_publication(cursor, config.publication_name, infos, self.server_version)
+                published = True
             if config.replica_identity_full:
                 server.set_replica_identity_full(cursor, infos.values())
             self._tables = set(infos)
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
                 slot=config.replication_slot,
+                create_slot=None if slot_existed else ("persistent" if config.durable else "temporary"),
                 plugin_options=self._plugin_options(),
                 protocol_version=self.protocol_version,
                 dispatcher=dispatcher,
@@ -144,7 +151,7 @@ class Driver(base.Driver):
                 self.protocol_version,
             )
         except BaseException as exc:
-            self._clean_up_failed_start(published)
+            self._clean_up_failed_start(published, drop_slot=not slot_existed)
             error = _as_setup_error(exc, config.setup_timeout)
             if error is exc:
                 raise
@@ -177,11 +184,34 @@ class Driver(base.Driver):
         with self._lock:
             if self._query is not None:
                 try:
-                    self._remove_server_objects()
+                    if not self.config.durable:
+                        self._remove_server_objects()
                 finally:
                     self._query.close()
                     self._query = None
         return drained
+
+    def drop(self, database_cnx: str) -> None:
+        """Remove this configuration's slot and publication from the server.
+
+        For a durable driver that no client runs any more: what the slot kept is gone.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise FlashError("close the client before dropping its slot")
+        self._dsn = database_cnx
+        conn = self._connect_query()
+        try:
+            cursor = conn.cursor()
+            state = server.wait_for_slot(cursor, self.config.replication_slot, self.config.slot_wait_timeout, gone=False)
+            if state is not None and state.active_pid is not None:
+                raise ConfigurationError(
+                    f"replication slot {self.config.replication_slot!r} is in use (walsender pid "
+                    f"{state.active_pid}); stop the client that uses it first"
+                )
+            server.drop_slot(cursor, self.config.replication_slot)
+            server.drop_publication(cursor, self.config.publication_name)
+        finally:
+            conn.close()
 
     def stats(self) -> Dict[str, Any]:
         with self._lock:
@@ -218,19 +248,31 @@ class Driver(base.Driver):
             server.check_listener_columns(listener, infos[listener.table])
         return infos
 
-    def _claim_slot(self, cursor: Any) -> None:
+    def _claim_slot(self, cursor: Any) -> bool:
+        """Make the slot ours to use; True when an existing slot is resumed."""
         slot = self.config.replication_slot
         state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
         if state is None:
-            return
+            return False
         if state.active_pid is not None:
             raise ConfigurationError(
                 f"replication slot {slot!r} is in use by another running instance (walsender "
                 f"pid {state.active_pid}); give each instance its own replication_slot and "
                 "publication_slot_prefix, or stop the other one"
             )
-        logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
-        server.drop_slot(cursor, slot)
+        if not self.config.durable:
+            logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
+            server.drop_slot(cursor, slot)
+            return False
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+        if state.plugin != "pgoutput" or state.database != database or state.temporary:
+            raise ConfigurationError(
+                f"replication slot {slot!r} exists but is not a pgoutput slot of database "
+                f"{database!r} (plugin {state.plugin!r}, database {state.database!r}); choose "
+                "another replication_slot, or drop that slot if it is no longer needed"
+            )
+        return True
 
     def _plugin_options(self) -> Dict[str, str]:
         options = {
@@ -246,12 +288,13 @@ class Driver(base.Driver):
     def _remove_server_objects(self) -> None:
         cursor = self._query.cursor()
         server.drop_publication(cursor, self.config.publication_name)
-        # The temporary slot goes when its walsender exits, a moment after we disconnect.
-        state = server.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=True)
+        # A temporary slot goes when its walsender exits, a moment after we disconnect;
+        # a persistent one is dropped once that walsender lets go of it.
+        state = server.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=not self.config.durable)
         if state is not None and state.active_pid is None:
             server.drop_slot(cursor, self.config.replication_slot)
 
-    def _clean_up_failed_start(self, published: bool) -> None:
+    def _clean_up_failed_start(self, published: bool, drop_slot: bool) -> None:
         if self._thread is not None:
             self._thread.stop()
             self._thread.join()
@@ -261,6 +304,8 @@ class Driver(base.Driver):
         try:
             if published:
                 self._remove_server_objects()
+            elif drop_slot:
+                server.drop_slot(self._query.cursor(), self.config.replication_slot)
         except psycopg2.Error:
             logger.warning("could not remove the server objects of a failed start", exc_info=True)
         finally:

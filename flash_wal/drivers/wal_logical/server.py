@@ -6,7 +6,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 
 import logging
 import time
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Set
 
 import attr
 from psycopg2 import sql
@@ -182,6 +182,18 @@ def alter_publication(cursor, name: str, add: Iterable[TableName], drop: Iterabl
                 publication, sql.SQL(", ").join(map(table_identifier, drop))
             )
         )
+
+
+def publication_tables(cursor, name: str) -> "Optional[Set[TableName]]":
+    """The tables in the publication, or None if there is no such publication."""
+    cursor.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,))
+    if cursor.fetchone() is None:
+        return None
+    cursor.execute(
+        "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = %s",
+        (name,),
+    )
+    return {TableName(schema, table) for schema, table in cursor.fetchall()}
 
 
 def drop_publication(cursor, name: str) -> None:

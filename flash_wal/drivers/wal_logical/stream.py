@@ -225,6 +225,7 @@ class ReplicationThread(threading.Thread):
         *,
         connect: Callable[..., Any],
         slot: str,
+        create_slot: Optional[str],
         plugin_options: Dict[str, str],
         protocol_version: int,
         dispatcher: Dispatcher,
@@ -236,6 +237,7 @@ class ReplicationThread(threading.Thread):
         super().__init__(name=f"flash_wal-replication-{slot}", daemon=True)
         self._connect = connect
         self._slot = slot
+        self._create_slot = create_slot  # "temporary", "persistent", or None to resume it
         self._plugin_options = plugin_options
         self._protocol_version = protocol_version
         self._dispatcher = dispatcher
@@ -313,11 +315,13 @@ class ReplicationThread(threading.Thread):
                     self._conn = conn
                 cursor = conn.cursor()
                 self._keepalive_interval = self._keepalive_interval_for(cursor)
-                cursor.execute(
-                    sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
-                        sql.Identifier(self._slot)
+                if self._create_slot is not None:
+                    temporary = sql.SQL(" TEMPORARY" if self._create_slot == "temporary" else "")
+                    cursor.execute(
+                        sql.SQL("CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
+                            sql.Identifier(self._slot), temporary
+                        )
                     )
-                )
                 cursor.start_replication(
                     slot_name=self._slot, decode=False, options=self._plugin_options,
                     status_interval=self._status_interval,
