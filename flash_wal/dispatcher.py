@@ -124,6 +124,16 @@ class AckTracker:
             if self.on_advance is not None:
                 self.on_advance()
 
+    def abandon_open(self) -> None:
+        """Forget the transactions whose Commit was not read (the connection was lost):
+        they will never be acknowledged, and must not hold back those after them."""
+        with self._lock:
+            for txn in self._open:
+                if not txn.closed:
+                    txn.closed = True
+                    txn.end_lsn = 0
+            self._advance()
+
     @property
     def queued_events(self) -> int:
         return self._queued_events

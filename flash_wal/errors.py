@@ -19,3 +19,8 @@ class ProtocolError(FlashError):
 class ReplicationError(FlashError):
     """The replication stream failed while running (connection lost, server error)."""
 
+
+
+class SlotInvalidatedError(ReplicationError):
+    """The server invalidated the replication slot (``max_slot_wal_keep_size``):
+    the changes it kept are gone. Drop the slot and start again."""

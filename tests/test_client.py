@@ -424,17 +424,22 @@ def test_client_and_config_accept_keywords_and_reject_bad_values(dsn):
         Client(database_cnx=dsn, driver="wal_logical")
 
 
-def test_lost_connection_is_raised_from_wait_and_close_still_cleans_up(make_client, make_table, db):
+def test_lost_connection_reconnects_by_itself(make_client, make_table, db):
     table = make_table()
+    recorder = Recorder()
     client = make_client()
-    client.on(table)(lambda event: None)
+    client.on(table, Operation.INSERT)(recorder)
     client.start()
+    insert(db, table, title="before")
+    recorder.wait(1)
     slot = client.driver.config.replication_slot
     pid = db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))[0]
     db.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    with pytest.raises(FlashError) as info:
-        client.wait(timeout=15)
-    assert info.value.__cause__ is not None
+    wait_for(lambda: client.stats()["reconnects"] == 1, what="the client to reconnect")
+    assert client.stats()["state"] == "streaming"
+    insert(db, table, title="after")
+    assert [e.new["title"] for e in recorder.wait(2)] == ["before", "after"]
+    assert client.wait(timeout=0) is False
     client.close()  # the make_client fixture checks nothing was left behind
 
 

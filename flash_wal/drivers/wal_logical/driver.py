@@ -60,6 +60,11 @@ class DriverConfig:
     #: Seconds start() and attach() wait on the server: for locks on listened tables,
     #: and for the transactions open when the slot is created to finish.
     setup_timeout: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
+    #: Seconds before the first reconnection attempt after the connection is lost,
+    #: doubling on every failed attempt up to ``reconnect_max_delay``; it retries until
+    #: closed. With a temporary slot, changes committed while disconnected are lost.
+    reconnect_delay: float = attr.ib(default=0.5, validator=seconds(0, inclusive=False))
+    reconnect_max_delay: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
 
     def __attrs_post_init__(self) -> None:
         if len(self.publication_name) > _MAX_NAME_BYTES:
@@ -142,6 +147,7 @@ class Driver(base.Driver):
                 status_interval=config.status_interval,
                 shutdown_timeout=shutdown_timeout,
                 stream_buffer_bytes=config.stream_buffer_bytes,
+                reconnect_delay=(config.reconnect_delay, config.reconnect_max_delay),
                 on_fatal=on_fatal,
             )
             self._thread.start_streaming(timeout=config.setup_timeout)
@@ -159,7 +165,7 @@ class Driver(base.Driver):
 
     def listen(self, listeners: Sequence[Listener]) -> int:
         with self._lock:
-            cursor = self._query.cursor()
+            cursor = self._query_cursor()
             try:
                 infos = self._describe(cursor, listeners)
                 wanted = set(infos)
@@ -217,16 +223,37 @@ class Driver(base.Driver):
         with self._lock:
             if self._query is None:
                 return {"lag_bytes": None}
-            cursor = self._query.cursor()
-            cursor.execute(
-                "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
-                " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-                (self.config.replication_slot,),
-            )
-            row = cursor.fetchone()
-            return {"lag_bytes": None if row is None else row[0]}
+            try:
+                cursor = self._query_cursor()
+                cursor.execute(
+                    "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
+                    " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                    (self.config.replication_slot,),
+                )
+                row = cursor.fetchone()
+            except psycopg2.Error:
+                row = None  # the server is away; the replication thread is reconnecting
+            figures: Dict[str, Any] = {"lag_bytes": None if row is None else row[0]}
+        if self._thread is not None:
+            figures["reconnects"] = self._thread.reconnects
+            if self._thread.reconnecting:
+                figures["state"] = "reconnecting"
+        return figures
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _query_cursor(self) -> Any:
+        """A cursor of the query connection, opened again if the server dropped it."""
+        if self._query.closed:
+            self._query = self._connect_query()
+        cursor = self._query.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self._query.close()
+            self._query = self._connect_query()
+            cursor = self._query.cursor()
+        return cursor
 
     def _connect_query(self) -> Any:
         try:
@@ -286,7 +313,7 @@ class Driver(base.Driver):
         return options
 
     def _remove_server_objects(self) -> None:
-        cursor = self._query.cursor()
+        cursor = self._query_cursor()
         server.drop_publication(cursor, self.config.publication_name)
         # A temporary slot goes when its walsender exits, a moment after we disconnect;
         # a persistent one is dropped once that walsender lets go of it.

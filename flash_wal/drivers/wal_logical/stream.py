@@ -12,7 +12,7 @@ import os
 import select
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import psycopg2
 from psycopg2 import sql
@@ -20,7 +20,7 @@ from psycopg2 import sql
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
 from ...dispatcher import Change, Dispatcher, Transaction
 from ...events import MessageEvent
-from ...errors import ConfigurationError, FlashError, ReplicationError
+from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError
 from ...operations import Operation
 from ...protocol import (
     Begin,
@@ -232,6 +232,7 @@ class ReplicationThread(threading.Thread):
         status_interval: float,
         shutdown_timeout: float,
         stream_buffer_bytes: int,
+        reconnect_delay: Tuple[float, float],
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         super().__init__(name=f"flash_wal-replication-{slot}", daemon=True)
@@ -260,6 +261,10 @@ class ReplicationThread(threading.Thread):
         self._sent_lsn = 0
         self._conn: Any = None
         self._conn_lock = threading.Lock()  # _conn is read by start_streaming() to cancel
+        self._catalog: Any = None  # a normal connection for pg_type look-ups, opened on demand
+        self._reconnect_delay = reconnect_delay
+        self.reconnecting = False
+        self.reconnects = 0
         self.drained = True
 
     # --- called from other threads ----------------------------------------------------
@@ -307,65 +312,120 @@ class ReplicationThread(threading.Thread):
     # --- the thread -------------------------------------------------------------------
 
     def run(self) -> None:
-        conn = catalog = None
         try:
             try:
-                conn = self._connect(replication=True)
-                with self._conn_lock:
-                    self._conn = conn
-                cursor = conn.cursor()
-                self._keepalive_interval = self._keepalive_interval_for(cursor)
-                if self._create_slot is not None:
-                    temporary = sql.SQL(" TEMPORARY" if self._create_slot == "temporary" else "")
-                    cursor.execute(
-                        sql.SQL("CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
-                            sql.Identifier(self._slot), temporary
-                        )
-                    )
-                cursor.start_replication(
-                    slot_name=self._slot, decode=False, options=self._plugin_options,
-                    status_interval=self._status_interval,
-                )
+                cursor = self._open_session(self._create_slot)
             except BaseException as exc:
                 self._streaming_error = _as_flash_error(exc, "could not start replication")
                 return
             finally:
                 self._streaming.set()
-
-            def catalog_cursor() -> Any:
-                nonlocal catalog
-                if catalog is None:
-                    catalog = self._connect(replication=False)
-                return catalog.cursor()
-
-            translator = None
-            try:
-                casters = TypeCasters(conn.cursor(), lookup=_lazy_lookup(catalog_cursor))
-                parser = PgOutputParser(self._protocol_version)
-                translator = ChangeTranslator(
-                    self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
-                )
-                self._stream(cursor, parser, translator)
-                self._finish(cursor)
-            except BaseException as exc:
-                if not self._stopping:
-                    self._on_fatal(_as_flash_error(exc, "replication stopped"))
-            finally:
-                if translator is not None:
-                    translator.close()
+            while cursor is not None:
+                try:
+                    self._run_session(cursor)
+                    return
+                except BaseException as exc:
+                    if self._stopping:
+                        return
+                    if not _is_connection_loss(exc):
+                        self._on_fatal(_as_flash_error(exc, "replication stopped"))
+                        return
+                    logger.warning("replication connection lost (%s); reconnecting", _one_line(exc))
+                self._close_session()
+                # What was read of unfinished transactions will be sent again (durable)
+                # or is gone with the temporary slot: either way, never acknowledged.
+                self._dispatcher.tracker.abandon_open()
+                cursor = self._reconnect()
         finally:
-            with self._conn_lock:
-                self._conn = None
-            for connection in (conn, catalog):
-                if connection is not None:
-                    try:
-                        connection.close()
-                    except psycopg2.Error:
-                        pass
+            self._close_session()
+            if self._catalog is not None:
+                _close_quietly(self._catalog)
             with self._pipe_lock:
                 self._pipe_open = False
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+
+    def _open_session(self, create_slot: Optional[str]) -> Any:
+        """Connect, create the slot if asked, start replication; return the cursor."""
+        conn = self._connect(replication=True)
+        with self._conn_lock:
+            self._conn = conn
+        cursor = conn.cursor()
+        self._keepalive_interval = self._keepalive_interval_for(cursor)
+        if create_slot is not None:
+            temporary = sql.SQL(" TEMPORARY" if create_slot == "temporary" else "")
+            cursor.execute(
+                sql.SQL("CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
+                    sql.Identifier(self._slot), temporary
+                )
+            )
+        try:
+            cursor.start_replication(
+                slot_name=self._slot, decode=False, options=self._plugin_options,
+                status_interval=self._status_interval,
+            )
+        except psycopg2.Error as exc:
+            if _is_invalidated(exc):
+                raise SlotInvalidatedError(
+                    f"replication slot {self._slot!r} was invalidated by the server ({_one_line(exc)}): "
+                    "it fell further behind than max_slot_wal_keep_size allows, and the changes it "
+                    "kept are gone. Drop it (Driver.drop) and start again; raise "
+                    "max_slot_wal_keep_size, or keep clients running, so it does not happen again"
+                ) from exc
+            raise
+        self._sent_lsn = 0
+        return cursor
+
+    def _run_session(self, cursor: Any) -> None:
+        translator = None
+        try:
+            casters = TypeCasters(cursor.connection.cursor(), lookup=_lazy_lookup(self._catalog_cursor))
+            parser = PgOutputParser(self._protocol_version)
+            translator = ChangeTranslator(
+                self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
+            )
+            self._stream(cursor, parser, translator)
+            self._finish(cursor)
+        finally:
+            if translator is not None:
+                translator.close()
+
+    def _reconnect(self) -> Optional[Any]:
+        """Open a new session, backing off between tries, until it works or we stop."""
+        delay = self._reconnect_delay[0]
+        self.reconnecting = True
+        try:
+            while not self._stopping:
+                try:
+                    cursor = self._open_session("temporary" if self._create_slot == "temporary" else None)
+                except SlotInvalidatedError as exc:
+                    self._on_fatal(exc)
+                    return None
+                except (psycopg2.Error, OSError) as exc:
+                    self._close_session()
+                    logger.warning("reconnecting failed (%s); next try in %.1f s", _one_line(exc), delay)
+                else:
+                    self.reconnects += 1
+                    logger.info("reconnected (slot %s)", self._slot)
+                    return cursor
+                readable, _, _ = select.select([self._wake_r], [], [], delay)
+                if readable:
+                    _drain_pipe(self._wake_r)
+                delay = min(delay * 2, self._reconnect_delay[1])
+            return None
+        finally:
+            self.reconnecting = False
+
+    def _catalog_cursor(self) -> Any:
+        if self._catalog is None or self._catalog.closed:
+            self._catalog = self._connect(replication=False)
+        return self._catalog.cursor()
+
+    def _close_session(self) -> None:
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            _close_quietly(conn)
 
     def _stream(self, cursor: Any, parser: PgOutputParser, translator: ChangeTranslator) -> None:
         parse, handle = parser.parse, translator.handle
@@ -445,6 +505,31 @@ class ReplicationThread(threading.Thread):
                 break
             self._acknowledge(cursor, force=True, keepalive=True)
         self._acknowledge(cursor, force=True)
+
+
+def _is_connection_loss(exc: BaseException) -> bool:
+    # AdminShutdown (pg_terminate_backend, server shutdown) is an OperationalError too;
+    # a server that ended the stream cleanly (fast shutdown) makes psycopg2 report
+    # that no COPY is in progress any more.
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return True
+    return isinstance(exc, psycopg2.DatabaseError) and "no COPY in progress" in str(exc)
+
+
+def _is_invalidated(exc: psycopg2.Error) -> bool:
+    message = str(exc)
+    return "invalidated" in message or "can no longer get changes" in message
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except psycopg2.Error:
+        pass
 
 
 def _lazy_lookup(catalog_cursor: Callable[[], Any]):
