@@ -369,23 +369,20 @@ class Dispatcher:
                 event = route.event_for(change, txn)
                 if event is None or not route.listener.callbacks_for(event.operation):
                     continue
-            pending = route.pending
-            if not pending:
-                route.pending_txn = txn
-                self._started_batches.append(route)
-            pending.append(event)
-            if len(pending) >= route.batch_size:
-                self._hand_off(route)
+            self._add_pending(route, txn, event)
 
     def dispatch_message(self, txn: Transaction, event: MessageEvent) -> None:
         route = self._messages
-        if not route.callbacks_for(event):
-            return
-        if not route.pending:
+        if route.callbacks_for(event):
+            self._add_pending(route, txn, event)
+
+    def _add_pending(self, route: Any, txn: Transaction, event: Any) -> None:
+        pending = route.pending
+        if not pending:
             route.pending_txn = txn
             self._started_batches.append(route)
-        route.pending.append(event)
-        if len(route.pending) >= route.batch_size:
+        pending.append(event)
+        if len(pending) >= route.batch_size:
             self._hand_off(route)
 
     def flush(self) -> None:

@@ -9,9 +9,9 @@ from flash_wal.drivers.wal_logical import Driver, DriverConfig
 from .conftest import Recorder
 
 
-def durable_driver(unique):
+def durable_driver(unique, **options):
     return Driver(DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}",
-                               durable=True))
+                               durable=True, **options))
 
 
 @pytest.fixture
@@ -62,8 +62,7 @@ def test_drop_refuses_a_slot_in_use(make_table, db, unique, dropped_after):
     client.on(table)(lambda event: None)
     with client:
         with pytest.raises(ConfigurationError, match="in use"):
-            Driver(DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}",
-                                durable=True, slot_wait_timeout=0.2)).drop(db.dsn)
+            durable_driver(unique, slot_wait_timeout=0.2).drop(db.dsn)
 
 
 def test_transaction_not_acknowledged_at_close_is_delivered_again(make_table, db, unique, dropped_after):
@@ -107,9 +106,7 @@ def test_walsender_killed_mid_stream_loses_nothing(make_table, db, unique, dropp
         with lock:
             seen.add(event.new["id"])
 
-    client = Client(database_cnx=db.dsn, driver=Driver(DriverConfig(
-        publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}", durable=True,
-        reconnect_delay=0.05)))
+    client = Client(database_cnx=db.dsn, driver=durable_driver(unique, reconnect_delay=0.05))
     client.on(table, Operation.INSERT)(remember)
     writer = Database(db.dsn)
     with client:
@@ -145,8 +142,7 @@ def test_server_restart_mid_stream_loses_nothing(pg_server, dsn, unique):
         with lock:
             seen.add(event.new["id"])
 
-    driver = Driver(DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}",
-                                 durable=True, reconnect_delay=0.1))
+    driver = durable_driver(unique, reconnect_delay=0.1)
     client = Client(database_cnx=dsn, driver=driver)
     client.on(table, Operation.INSERT)(remember)
     insert = sql.SQL("INSERT INTO {} (title) SELECT 'x' FROM generate_series(1, 100)").format(sql.Identifier(table))
