@@ -125,10 +125,10 @@ class Driver(base.Driver):
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
             slot_existed = self._claim_slot(cursor)
-            if slot_existed and server.publication_tables(cursor, config.publication_name) is not None:
+            current = server.publication_tables(cursor, config.publication_name) if slot_existed else None
+            if current is not None:
                 # Resuming: the slot's WAL is decoded with the publication as it was
                 # then, so it is altered, never replaced.
-                current = server.publication_tables(cursor, config.publication_name)
                 server.alter_publication(cursor, config.publication_name, add=set(infos) - current,
                                          drop=current - set(infos))
             else:
