@@ -20,7 +20,6 @@ class ReplicationError(FlashError):
     """The replication stream failed while running (connection lost, server error)."""
 
 
-
 class SlotInvalidatedError(ReplicationError):
     """The server invalidated the replication slot (``max_slot_wal_keep_size``):
     the changes it kept are gone. Drop the slot and start again."""

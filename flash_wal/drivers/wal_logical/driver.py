@@ -148,6 +148,7 @@ class Driver(base.Driver):
                 shutdown_timeout=shutdown_timeout,
                 stream_buffer_bytes=config.stream_buffer_bytes,
                 reconnect_delay=(config.reconnect_delay, config.reconnect_max_delay),
+                before_reconnect=self._restore_publication,
                 on_fatal=on_fatal,
             )
             self._thread.start_streaming(timeout=config.setup_timeout)
@@ -255,6 +256,22 @@ class Driver(base.Driver):
             cursor = self._query.cursor()
         return cursor
 
+    def _restore_publication(self) -> None:
+        """Put the publication back the way this driver left it, if someone changed it."""
+        name = self.config.publication_name
+        with self._lock:
+            cursor = self._query_cursor()
+            current = server.publication_tables(cursor, name)
+            if current == self._tables:
+                return
+            if current is None:
+                logger.warning("publication %r no longer exists; creating it again", name)
+                server.describe_tables(cursor, self._tables)  # a table dropped meanwhile is fatal
+                server.create_publication(cursor, name, self._tables, self.server_version)
+            else:
+                logger.warning("publication %r was altered by someone else; restoring its tables", name)
+                server.alter_publication(cursor, name, add=self._tables - current, drop=current - self._tables)
+
     def _connect_query(self) -> Any:
         try:
             conn = connect(self._dsn)
@@ -291,6 +308,8 @@ class Driver(base.Driver):
             logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
             server.drop_slot(cursor, slot)
             return False
+        if state.invalidated:
+            raise server.invalidated_slot_error(slot, "its wal_status is 'lost'")
         cursor.execute("SELECT current_database()")
         database = cursor.fetchone()[0]
         if state.plugin != "pgoutput" or state.database != database or state.temporary:

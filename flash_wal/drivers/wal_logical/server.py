@@ -11,7 +11,7 @@ from typing import Dict, Iterable, Optional, Sequence, Set
 import attr
 from psycopg2 import sql
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, SlotInvalidatedError
 from ...listener import Listener, TableName
 
 logger = logging.getLogger(__name__)
@@ -207,12 +207,21 @@ class SlotState:
     database: Optional[str] = attr.ib()
     temporary: bool = attr.ib()
     active_pid: Optional[int] = attr.ib()
+    #: 'lost' once max_slot_wal_keep_size made the server remove WAL the slot needed
+    #: (None before PostgreSQL 13, which has no such limit).
+    wal_status: Optional[str] = attr.ib()
+
+    @property
+    def invalidated(self) -> bool:
+        return self.wal_status == "lost"
 
 
 def slot_state(cursor, slot: str) -> Optional[SlotState]:
+    # to_jsonb reads wal_status where the server has the column, and NULL where not.
     cursor.execute(
-        "SELECT slot_name::text, plugin::text, database::text, temporary, active_pid"
-        " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+        "SELECT slot_name::text, plugin::text, database::text, temporary, active_pid,"
+        " pg_catalog.to_jsonb(s) ->> 'wal_status'"
+        " FROM pg_catalog.pg_replication_slots s WHERE slot_name = %s",
         (slot,),
     )
     row = cursor.fetchone()
@@ -236,6 +245,15 @@ def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[
             return state
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def invalidated_slot_error(slot: str, detail: str) -> SlotInvalidatedError:
+    return SlotInvalidatedError(
+        f"replication slot {slot!r} was invalidated by the server ({detail}): it fell further "
+        "behind than max_slot_wal_keep_size allows, and the changes it kept are gone. Drop it "
+        "(Driver.drop or 'flash-wal cleanup') and start again; raise max_slot_wal_keep_size, "
+        "or keep clients running, so that it does not happen again"
+    )
 
 
 def drop_slot(cursor, slot: str) -> None:

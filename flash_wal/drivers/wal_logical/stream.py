@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import psycopg2
+import psycopg2.errorcodes
 from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
@@ -40,6 +41,7 @@ from ...protocol import (
     Update,
 )
 from .held import HeldTransaction
+from .server import invalidated_slot_error
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +235,7 @@ class ReplicationThread(threading.Thread):
         shutdown_timeout: float,
         stream_buffer_bytes: int,
         reconnect_delay: Tuple[float, float],
+        before_reconnect: Callable[[], None],
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         super().__init__(name=f"flash_wal-replication-{slot}", daemon=True)
@@ -263,6 +266,7 @@ class ReplicationThread(threading.Thread):
         self._conn_lock = threading.Lock()  # _conn is read by start_streaming() to cancel
         self._catalog: Any = None  # a normal connection for pg_type look-ups, opened on demand
         self._reconnect_delay = reconnect_delay
+        self._before_reconnect = before_reconnect
         self.reconnecting = False
         self.reconnects = 0
         self.drained = True
@@ -327,10 +331,17 @@ class ReplicationThread(threading.Thread):
                 except BaseException as exc:
                     if self._stopping:
                         return
-                    if not _is_connection_loss(exc):
+                    if _is_publication_missing(exc) and self._create_slot == "temporary":
+                        # A new temporary slot starts after the publication is made again.
+                        logger.warning("%s; making it again and reconnecting", _one_line(exc))
+                    elif _is_publication_missing(exc):
+                        self._on_fatal(_publication_missing_error(exc, self._slot))
+                        return
+                    elif not _is_connection_loss(exc):
                         self._on_fatal(_as_flash_error(exc, "replication stopped"))
                         return
-                    logger.warning("replication connection lost (%s); reconnecting", _one_line(exc))
+                    else:
+                        logger.warning("replication connection lost (%s); reconnecting", _one_line(exc))
                 self._close_session()
                 # What was read of unfinished transactions will be sent again (durable)
                 # or is gone with the temporary slot: either way, never acknowledged.
@@ -366,12 +377,7 @@ class ReplicationThread(threading.Thread):
             )
         except psycopg2.Error as exc:
             if _is_invalidated(exc):
-                raise SlotInvalidatedError(
-                    f"replication slot {self._slot!r} was invalidated by the server ({_one_line(exc)}): "
-                    "it fell further behind than max_slot_wal_keep_size allows, and the changes it "
-                    "kept are gone. Drop it (Driver.drop) and start again; raise "
-                    "max_slot_wal_keep_size, or keep clients running, so it does not happen again"
-                ) from exc
+                raise invalidated_slot_error(self._slot, _one_line(exc)) from exc
             raise
         self._sent_lsn = 0
         return cursor
@@ -397,11 +403,12 @@ class ReplicationThread(threading.Thread):
         try:
             while not self._stopping:
                 try:
+                    self._before_reconnect()
                     cursor = self._open_session("temporary" if self._create_slot == "temporary" else None)
-                except SlotInvalidatedError as exc:
+                except (SlotInvalidatedError, ConfigurationError) as exc:
                     self._on_fatal(exc)
                     return None
-                except (psycopg2.Error, OSError) as exc:
+                except (psycopg2.Error, OSError, FlashError) as exc:
                     self._close_session()
                     logger.warning("reconnecting failed (%s); next try in %.1f s", _one_line(exc), delay)
                 else:
@@ -514,6 +521,24 @@ def _is_connection_loss(exc: BaseException) -> bool:
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return True
     return isinstance(exc, psycopg2.DatabaseError) and "no COPY in progress" in str(exc)
+
+
+def _is_publication_missing(exc: BaseException) -> bool:
+    # Before PostgreSQL 18, decoding a change after the publication was dropped fails.
+    return (
+        isinstance(exc, psycopg2.Error) and exc.pgcode == psycopg2.errorcodes.UNDEFINED_OBJECT
+        and "publication" in str(exc)
+    )
+
+
+def _publication_missing_error(exc: BaseException, slot: str) -> ReplicationError:
+    error = ReplicationError(
+        f"{_one_line(exc)}: it was dropped while slot {slot!r} still needed it, and the server "
+        "cannot decode that slot's changes past this point without it. Drop the slot (Driver.drop "
+        "or 'flash-wal cleanup') and start again; changes made since the drop are lost"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _is_invalidated(exc: psycopg2.Error) -> bool:
