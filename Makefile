@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-matrix docs bench clean
+.PHONY: demo test test-faults test-matrix docs bench clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault-injection tests, FAULT_RUNS times in a row; any failure stops the run.
+FAULT_RUNS ?= 5
+test-faults: $(STAMP)
+	for run in $$(seq $(FAULT_RUNS)); do \
+		echo "fault run $$run of $(FAULT_RUNS)"; \
+		$(PY) -m pytest -q tests/test_faults.py tests/test_slot_health.py $(PYTEST_ARGS) || exit 1; \
+	done
 
 # The suite on PostgreSQL 15 (Debian's postgresql-15), 16 (pgserver wheel) and 18.
 test-matrix:

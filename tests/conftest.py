@@ -9,6 +9,9 @@ existing server instead (a superuser DSN on a server with ``wal_level=logical``)
 
 import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +25,7 @@ from flash_wal import Client, ClientConfig, Event
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
 DEFAULT_TIMEOUT = 15.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "condition") -> Any:
@@ -60,6 +64,43 @@ class Recorder:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+class ConsumerProcess:
+    """``tests/consumer.py`` in a process of its own, so that SIGKILL is real."""
+
+    def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
+        self.lines: List[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, *options],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, text: str, timeout: float = 30) -> None:
+        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the consumer")
+        assert text in self.lines, "\n".join(self.lines)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+            wait_for(lambda: any("most recent call first" in line for line in self.lines), 5, "the stacks")
+            self.kill()
+            raise AssertionError("the consumer did not exit:\n" + "\n".join(self.lines)) from None
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(10)
 
 
 class Database:

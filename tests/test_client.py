@@ -409,7 +409,8 @@ def test_close_gives_up_after_shutdown_timeout(make_client, make_table, db, capl
     assert started.wait(10)
     client.close()
     release.set()
-    assert any("shutdown_timeout" in r.getMessage() for r in caplog.records)
+    assert any("shutdown_timeout" in r.getMessage() and "events not yet handled" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_client_and_config_accept_keywords_and_reject_bad_values(dsn):

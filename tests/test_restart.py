@@ -1,44 +1,12 @@
 """Clients that die without close(), and clients side by side."""
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-
 import pytest
 from psycopg2 import sql
 
 from flash_wal import Client, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
-from .conftest import Recorder, wait_for
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ConsumerProcess:
-    def __init__(self, dsn, table, slot, prefix):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_line(self, text, timeout=30):
-        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the consumer")
-        assert text in self.lines, "\n".join(self.lines)
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(10)
+from .conftest import ConsumerProcess, Recorder
 
 
 def test_client_killed_without_close_restarts_with_same_configuration(make_table, db, unique):

@@ -505,9 +505,11 @@ class ReplicationThread(threading.Thread):
             if remaining <= 0:
                 self.drained = False
                 logger.warning(
-                    "%d events were still being handled after shutdown_timeout=%.1f s; "
-                    "their transactions are not acknowledged",
+                    "%d events were still queued or being handled after shutdown_timeout=%.1f s; %s",
                     self._dispatcher.tracker.queued_events, self._shutdown_timeout,
+                    "the temporary slot goes, and with it the events not yet handled"
+                    if self._create_slot == "temporary" else
+                    "their transactions are not acknowledged, and the next start delivers them again",
                 )
                 break
             self._acknowledge(cursor, force=True, keepalive=True)
@@ -517,10 +519,13 @@ class ReplicationThread(threading.Thread):
 def _is_connection_loss(exc: BaseException) -> bool:
     # AdminShutdown (pg_terminate_backend, server shutdown) is an OperationalError too;
     # a server that ended the stream cleanly (fast shutdown) makes psycopg2 report
-    # that no COPY is in progress any more.
+    # that no COPY is in progress any more, and one that went mid-read leaves libpq
+    # with no message at all.
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return True
-    return isinstance(exc, psycopg2.DatabaseError) and "no COPY in progress" in str(exc)
+    return isinstance(exc, psycopg2.DatabaseError) and (
+        "no COPY in progress" in str(exc) or "no message from the libpq" in str(exc)
+    )
 
 
 def _is_publication_missing(exc: BaseException) -> bool:
