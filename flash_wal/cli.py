@@ -7,11 +7,18 @@ a traceback), 2 a usage error (argparse's own convention).
 """
 
 import argparse
+import contextlib
+import json
 import logging
+import os
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
+
+import attr
+import psycopg2
 
 from . import __version__
+from .drivers.wal_logical import DriverConfig
 from .errors import FlashError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
@@ -25,6 +32,8 @@ EXIT_INTERRUPTED = 130
 PROG = "flash-wal"
 
 Command = Callable[[argparse.Namespace], int]
+
+_DEFAULTS = DriverConfig()
 
 
 def _positive_seconds(text: str) -> float:
@@ -105,6 +114,145 @@ def _add_demo_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPars
     parser.set_defaults(command=cmd_demo)
 
 
+def _add_server_options(parser: argparse.ArgumentParser, *, slot: bool) -> None:
+    parser.add_argument(
+        "--dsn", default=os.environ.get("FLASH_WAL_DSN", ""), metavar="DSN",
+        help=("the server to look at, as a libpq connection string or URI (default: "
+              "$FLASH_WAL_DSN, else libpq's PGHOST, PGUSER, ... environment variables)"),
+    )
+    parser.add_argument(
+        "--prefix", default=_DEFAULTS.publication_slot_prefix, metavar="PREFIX",
+        help=f"the DriverConfig's publication_slot_prefix (default: {_DEFAULTS.publication_slot_prefix})",
+    )
+    if slot:
+        parser.add_argument(
+            "--slot", default=_DEFAULTS.replication_slot, metavar="SLOT",
+            help=f"the DriverConfig's replication_slot (default: {_DEFAULTS.replication_slot})",
+        )
+
+
+def _format_bytes(count: Optional[int]) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _slot_kind(report: Any) -> str:
+    if not report.exists:
+        return "-"
+    return "temporary" if report.temporary else "durable"
+
+
+def _slot_state(report: Any) -> str:
+    if not report.exists:
+        return "no slot"
+    if report.wal_status == "lost":
+        return "invalidated"
+    if report.active_pid is not None:
+        return f"active (pid {report.active_pid})"
+    return "inactive"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``flash-wal status``: the slots and publications of a prefix."""
+    from .drivers.wal_logical.server import prefix_report
+
+    with _server_cursor(args.dsn) as cursor:
+        reports = prefix_report(cursor, args.prefix)
+    if args.json:
+        print(json.dumps([attr.asdict(report) for report in reports], indent=2))
+        return EXIT_OK
+    if not reports:
+        print(f"no replication slot or publication of prefix {args.prefix!r}")
+        return EXIT_OK
+    rows = [("SLOT", "KIND", "STATE", "LAG", "PUBLICATION", "TABLES")]
+    for report in reports:
+        rows.append((
+            report.slot, _slot_kind(report), _slot_state(report), _format_bytes(report.lag_bytes),
+            report.publication or "-", ", ".join(report.tables) or "-",
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+
+
+def _add_status_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "status",
+        help="show the replication slots and publications of a prefix",
+        description=(
+            "List every replication slot whose publication <prefix>_<slot> exists: durable "
+            "or temporary, active (with the walsender's pid) or not, how many bytes of WAL "
+            "it is behind the server, and the tables its publication holds."
+        ),
+    )
+    _add_server_options(parser, slot=False)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_common_options(parser, top_level=False)
+    parser.set_defaults(command=cmd_status)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """``flash-wal cleanup``: drop the slot and publication a configuration left behind."""
+    from .drivers.wal_logical import Driver, DriverConfig
+    from .drivers.wal_logical.server import prefix_report
+
+    config = DriverConfig(publication_slot_prefix=args.prefix, replication_slot=args.slot)
+    with _server_cursor(args.dsn) as cursor:
+        (report,) = prefix_report(cursor, args.prefix, [args.slot])
+    if not report.exists and report.publication is None:
+        print(f"nothing to clean up: no slot {args.slot!r} and no publication {config.publication_name!r}")
+        return EXIT_OK
+    if report.exists and not report.temporary and report.active_pid is None and not args.yes:
+        question = (f"Drop the durable replication slot {args.slot!r}? The changes it keeps for "
+                    "its next run are lost. [y/N] ")
+        if not sys.stdin.isatty():
+            raise FlashError(f"{args.slot!r} is a durable slot: pass --yes to drop it without being asked")
+        if input(question).strip().lower() not in ("y", "yes"):
+            print("nothing dropped")
+            return EXIT_FAILURE
+    Driver(config).drop(args.dsn)
+    dropped = [f"replication slot {args.slot!r}"] if report.exists else []
+    dropped += [f"publication {report.publication!r}"] if report.publication else []
+    print(f"dropped {' and '.join(dropped)}")
+    return EXIT_OK
+
+
+def _add_cleanup_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "cleanup",
+        help="drop the replication slot and publication of a prefix and slot",
+        description=(
+            "Drop the replication slot SLOT and the publication <prefix>_<slot>, as left "
+            "behind by a durable client or a killed one. A slot in use is never dropped; a "
+            "durable slot only after a yes (or with --yes), since what it kept is lost."
+        ),
+    )
+    _add_server_options(parser, slot=True)
+    parser.add_argument("-y", "--yes", action="store_true", help="drop a durable slot without asking")
+    _add_common_options(parser, top_level=False)
+    parser.set_defaults(command=cmd_cleanup)
+
+
+@contextlib.contextmanager
+def _server_cursor(dsn: str) -> Iterator[Any]:
+    from .connection import connect, mask_dsn
+
+    try:
+        conn = connect(dsn)
+    except psycopg2.OperationalError as exc:
+        raise FlashError(f"cannot connect to {mask_dsn(dsn) or 'the default server'}: {str(exc).strip()}") from exc
+    try:
+        yield conn.cursor()
+    finally:
+        conn.close()
+
+
 # --- the parser and main ---------------------------------------------------------------
 
 
@@ -118,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(parser, top_level=True)
     commands = parser.add_subparsers(title="commands", metavar="<command>")
     _add_demo_parser(commands)
+    _add_status_parser(commands)
+    _add_cleanup_parser(commands)
     return parser
 
 

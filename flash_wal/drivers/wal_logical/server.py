@@ -6,7 +6,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 
 import logging
 import time
-from typing import Dict, Iterable, Optional, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import attr
 from psycopg2 import sql
@@ -262,3 +262,49 @@ def drop_slot(cursor, slot: str) -> None:
         " WHERE slot_name = %s AND active_pid IS NULL",
         (slot,),
     )
+
+
+@attr.s(frozen=True, slots=True, kw_only=True)
+class SlotReport:
+    """What the server holds for one replication slot name of a prefix."""
+
+    slot: str = attr.ib()
+    publication: Optional[str] = attr.ib()
+    tables: Sequence[str] = attr.ib()
+    exists: bool = attr.ib()
+    temporary: Optional[bool] = attr.ib()
+    active_pid: Optional[int] = attr.ib()
+    #: The server's WAL position minus the slot's confirmed position.
+    lag_bytes: Optional[int] = attr.ib()
+    wal_status: Optional[str] = attr.ib()
+    plugin: Optional[str] = attr.ib()
+    database: Optional[str] = attr.ib()
+
+
+def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
+    """The slots whose publication ``<prefix>_<slot>`` exists, and the named ``slots``."""
+    cursor.execute(
+        "WITH pubs AS ("
+        "  SELECT pubname::text, substr(pubname, length(%(prefix)s) + 2) AS slot_name"
+        "  FROM pg_catalog.pg_publication WHERE left(pubname, length(%(prefix)s) + 1) = %(prefix)s || '_'"
+        "), names AS ("
+        "  SELECT slot_name FROM pubs UNION SELECT unnest(%(slots)s::text[])"
+        ")"
+        " SELECT n.slot_name, pubs.pubname,"
+        "  ARRAY(SELECT t.schemaname || '.' || t.tablename FROM pg_catalog.pg_publication_tables t"
+        "        WHERE t.pubname = pubs.pubname ORDER BY 1),"
+        "  s.slot_name IS NOT NULL, s.temporary, s.active_pid,"
+        "  (pg_catalog.pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8,"
+        "  pg_catalog.to_jsonb(s) ->> 'wal_status', s.plugin::text, s.database::text"
+        " FROM names n LEFT JOIN pubs USING (slot_name)"
+        " LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n.slot_name"
+        " ORDER BY 1",
+        {"prefix": prefix, "slots": list(slots)},
+    )
+    return [
+        SlotReport(slot=slot, publication=publication, tables=tuple(tables), exists=exists,
+                   temporary=temporary, active_pid=pid, lag_bytes=lag, wal_status=wal_status,
+                   plugin=plugin, database=database)
+        for slot, publication, tables, exists, temporary, pid, lag, wal_status, plugin, database
+        in cursor.fetchall()
+    ]
