@@ -60,9 +60,10 @@ class DriverConfig:
     #: Seconds start() and attach() wait on the server: for locks on listened tables,
     #: and for the transactions open when the slot is created to finish.
     setup_timeout: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
-    #: Seconds before the first reconnection attempt after the connection is lost,
-    #: doubling on every failed attempt up to ``reconnect_max_delay``; it retries until
-    #: closed. With a temporary slot, changes committed while disconnected are lost.
+    #: After a lost connection the client tries again at once, then waits this many
+    #: seconds after each failed try, doubling up to ``reconnect_max_delay``; it
+    #: retries until closed. With a temporary slot, changes committed while
+    #: disconnected are lost.
     reconnect_delay: float = attr.ib(default=0.5, validator=seconds(0, inclusive=False))
     reconnect_max_delay: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
 
