@@ -11,6 +11,8 @@ import signal
 import threading
 import time
 
+import psycopg2
+import psycopg2.extras
 import pytest
 from psycopg2 import sql
 
@@ -238,3 +240,39 @@ def test_server_restart_mid_stream_loses_nothing(pg_server, dsn, unique, capsys)
     report(capsys, f"server restarted mid-stream: lost 0, duplicates {len(seen) - 200}; server back after "
                    f"{server_back:.2f} s, client streaming again {reconnect:.2f} s later "
                    "(default reconnect_delay 0.5 s doubling)")
+
+
+def test_reconnect_retries_while_another_process_holds_the_slot(make_table, db, unique, caplog):
+    table = make_table()
+    slot, _ = names(unique)
+    recorder = Recorder()
+    driver = driver_for(unique, durable=True, reconnect_delay=0.05, reconnect_max_delay=0.2)
+    client = Client(database_cnx=db.dsn, driver=driver)
+    client.on(table, Operation.INSERT)(recorder)
+    thief = None
+    try:
+        with client:
+            insert(db, table)
+            recorder.wait(1)
+            # The driver's lock keeps the client's first reconnection attempt waiting
+            # until the thief holds the slot, as a walsender slow to die would.
+            with driver._lock:
+                db.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                           " WHERE slot_name = %s", (slot,))
+                wait_for(lambda: db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                                             (slot,)) == (None,), what="the slot to be released")
+                thief = psycopg2.connect(db.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+                thief.cursor().start_replication(slot_name=slot, decode=False, options={
+                    "proto_version": "1", "publication_names": driver.config.publication_name})
+            insert(db, table)  # committed while the client cannot read
+            wait_for(lambda: any("is active for PID" in r.getMessage() for r in caplog.records),
+                     what="a failed attempt")
+            assert client.stats()["state"] == "reconnecting"
+            thief.close()
+            wait_for(lambda: client.stats()["reconnects"] == 1, what="the reconnect")
+            insert(db, table)
+            wait_for(lambda: {e.new["id"] for e in recorder.events} == {1, 2, 3}, what="all three rows")
+    finally:
+        if thief is not None:
+            thief.close()
+        driver_for(unique, durable=True).drop(db.dsn)
