@@ -33,7 +33,7 @@ test-matrix:
 	FLASH_WAL_TEST_PG=18 $(MAKE) test
 
 bench: $(STAMP)
-	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

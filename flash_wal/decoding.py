@@ -157,12 +157,13 @@ class TypeCasters:
 class RowDecoder:
     """Decodes the tuples of one relation into ``{column: value}`` dicts."""
 
-    __slots__ = ("relation", "table", "names", "casters", "key_names", "cursor")
+    __slots__ = ("relation", "table", "table_text", "names", "casters", "key_names", "cursor")
 
     def __init__(self, relation: Relation, casters: TypeCasters) -> None:
         self.relation = relation
         namespace = relation.namespace or "pg_catalog"
         self.table = TableName(namespace, relation.name)
+        self.table_text = str(self.table)  # what events carry
         self.names: Tuple[str, ...] = tuple(column.name for column in relation.columns)
         self.casters: Tuple[Caster, ...] = tuple(casters.caster(column.type_oid) for column in relation.columns)
         self.key_names: Tuple[str, ...] = tuple(column.name for column in relation.columns if column.is_key)

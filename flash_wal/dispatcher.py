@@ -41,7 +41,7 @@ class Change:
     def __init__(
         self,
         operation: Operation,
-        table: TableName,
+        table: str,
         lsn: int,
         old: Optional[Dict[str, Any]] = None,
         new: Optional[Dict[str, Any]] = None,
@@ -242,7 +242,7 @@ class Route:
         """The event this listener gets for ``change``, or None."""
         op = change.operation
         meta = dict(
-            table=str(change.table), lsn=change.lsn, commit_lsn=txn.commit_lsn,
+            table=change.table, lsn=change.lsn, commit_lsn=txn.commit_lsn,
             xid=txn.xid, commit_time=txn.commit_time,
         )
         if op is INSERT:

@@ -47,7 +47,7 @@ class DriverConfig:
     #: delivered once committed.
     use_streaming: bool = attr.ib(default=False, validator=instance_of(bool))
     #: Bytes of one streamed transaction held in memory before it spills to a temporary file.
-    stream_buffer_bytes: int = attr.ib(default=64 * 1024 * 1024, validator=positive_int)
+    stream_buffer_bytes: int = attr.ib(default=16 * 1024 * 1024, validator=positive_int)
     #: Keep slot and publication across restarts and resume where the last run stopped.
     durable: bool = attr.ib(default=False, validator=instance_of(bool))
     #: Set REPLICA IDENTITY FULL on listened tables so old rows arrive whole.

@@ -186,7 +186,7 @@ class ChangeTranslator:
         decoder = self.relations.get(message.relid)
         routes = self.dispatcher.routes_for(decoder.table)
         if routes:
-            change = Change(INSERT, decoder.table, lsn, new=decoder.decode(message.new))
+            change = Change(INSERT, decoder.table_text, lsn, new=decoder.decode(message.new))
             self.dispatcher.dispatch(self.txn, change, routes)
 
     def _update(self, message: Update, lsn: int) -> None:
@@ -198,14 +198,14 @@ class ChangeTranslator:
                 old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
             new = decoder.decode(message.new)
             fill_unchanged_toast(new, old)
-            self.dispatcher.dispatch(self.txn, Change(UPDATE, decoder.table, lsn, old=old, new=new), routes)
+            self.dispatcher.dispatch(self.txn, Change(UPDATE, decoder.table_text, lsn, old=old, new=new), routes)
 
     def _delete(self, message: Delete, lsn: int) -> None:
         decoder = self.relations.get(message.relid)
         routes = self.dispatcher.routes_for(decoder.table)
         if routes:
             old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            self.dispatcher.dispatch(self.txn, Change(DELETE, decoder.table, lsn, old=old), routes)
+            self.dispatcher.dispatch(self.txn, Change(DELETE, decoder.table_text, lsn, old=old), routes)
 
     def _truncate(self, message: Truncate, lsn: int) -> None:
         for relid in message.relids:
@@ -213,7 +213,7 @@ class ChangeTranslator:
             routes = self.dispatcher.routes_for(decoder.table)
             if routes:
                 change = Change(
-                    TRUNCATE, decoder.table, lsn,
+                    TRUNCATE, decoder.table_text, lsn,
                     cascade=message.cascade, restart_identity=message.restart_identity,
                 )
                 self.dispatcher.dispatch(self.txn, change, routes)
