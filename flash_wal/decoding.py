@@ -175,6 +175,12 @@ class RowDecoder:
                 f"relation {self.table} has {len(self.names)} columns but the tuple has {len(values)}"
             )
         cursor = self.cursor
+        try:
+            # Nearly every row holds only text and NULLs, which psycopg2's casters take
+            # as they come (None gives None).
+            return {name: cast(value, cursor) for name, cast, value in zip(self.names, self.casters, values)}
+        except TypeError:
+            pass  # an UNCHANGED_TOAST or a binary value: no caster takes those
         row = {}
         for name, cast, value in zip(self.names, self.casters, values):
             if value.__class__ is bytes:

@@ -24,7 +24,7 @@ _UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 _MAX_IDENTIFIER_BYTES = 63
 
 
-@attr.s(frozen=True, slots=True)
+@attr.s(frozen=True, slots=True, cache_hash=True)  # looked up for every change
 class TableName:
     """A schema-qualified table name, with identifiers as PostgreSQL stores them."""
 

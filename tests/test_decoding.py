@@ -166,3 +166,24 @@ def test_unknown_types_fall_back_to_text(make_client, make_table, db):
     assert row["m"] == "$12.50"
     assert row["c"] == "10.0.0.0/8"
     assert row["r"] is not None  # psycopg2 has a range caster: its object, not a crash
+
+
+def test_row_decoder_takes_unchanged_toast_and_binary_values_as_they_are(db):
+    import psycopg2
+
+    from flash_wal import UNCHANGED_TOAST
+    from flash_wal.decoding import RowDecoder, TypeCasters
+    from flash_wal.protocol import BinaryValue, Column, Relation
+
+    conn = psycopg2.connect(db.dsn)
+    try:
+        relation = Relation(None, 1, "public", "t", "f", tuple(
+            Column(name, oid, -1, False) for name, oid in (("a", 23), ("b", 25), ("c", 1700), ("d", 17))))
+        decoder = RowDecoder(relation, TypeCasters(conn.cursor()))
+        assert decoder.decode([b"1", None, b"2.5", b"\\x00ff"]) == {
+            "a": 1, "b": None, "c": decimal.Decimal("2.5"), "d": b"\x00\xff"}
+        mixed = decoder.decode([b"1", UNCHANGED_TOAST, BinaryValue(b"\x00\x01"), None])
+        assert mixed == {"a": 1, "b": UNCHANGED_TOAST, "c": b"\x00\x01", "d": None}
+        assert mixed["b"] is UNCHANGED_TOAST
+    finally:
+        conn.close()
