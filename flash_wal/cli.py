@@ -199,7 +199,7 @@ def _add_status_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """``flash-wal cleanup``: drop the slot and publication a configuration left behind."""
-    from .drivers.wal_logical import Driver, DriverConfig
+    from .drivers.wal_logical import Driver
     from .drivers.wal_logical.server import prefix_report
 
     config = DriverConfig(publication_slot_prefix=args.prefix, replication_slot=args.slot)

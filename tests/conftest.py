@@ -128,6 +128,12 @@ class Database:
     def slots(self, name: str) -> List[tuple]:
         return self.fetchall("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s", (name,))
 
+    def terminate_walsender(self, slot: str) -> None:
+        """End the walsender serving ``slot`` (waiting until one does), as a lost connection would."""
+        query = "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s"
+        pid = wait_for(lambda: (self.fetchone(query, (slot,)) or (None,))[0], what=f"a walsender on {slot}")
+        self.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
     def publications(self, prefix: str) -> List[str]:
         return [row[0] for row in self.fetchall(
             "SELECT pubname FROM pg_publication WHERE starts_with(pubname, %s)", (prefix,)

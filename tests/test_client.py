@@ -433,9 +433,7 @@ def test_lost_connection_reconnects_by_itself(make_client, make_table, db):
     client.start()
     insert(db, table, title="before")
     recorder.wait(1)
-    slot = client.driver.config.replication_slot
-    pid = db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))[0]
-    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    db.terminate_walsender(client.driver.config.replication_slot)
     wait_for(lambda: client.stats()["reconnects"] == 1, what="the client to reconnect")
     assert client.stats()["state"] == "streaming"
     insert(db, table, title="after")

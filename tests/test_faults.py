@@ -190,8 +190,7 @@ def test_walsender_terminated_mid_stream_loses_nothing(make_table, db, unique, c
             for batch in range(20):
                 insert(writer, table, 50)
                 if batch in (5, 12):
-                    db.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                               " WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+                    db.terminate_walsender(slot)
                     took.append(_reconnected_after(client, len(took) + 1))
             wait_for(lambda: len(set(seen)) == 1000, timeout=30, what="all 1000 rows")
     finally:
@@ -257,8 +256,7 @@ def test_reconnect_retries_while_another_process_holds_the_slot(make_table, db, 
             # The driver's lock keeps the client's first reconnection attempt waiting
             # until the thief holds the slot, as a walsender slow to die would.
             with driver._lock:
-                db.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                           " WHERE slot_name = %s", (slot,))
+                db.terminate_walsender(slot)
                 wait_for(lambda: db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
                                              (slot,)) == (None,), what="the slot to be released")
                 thief = psycopg2.connect(db.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)

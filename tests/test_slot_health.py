@@ -12,12 +12,6 @@ from flash_wal.errors import ReplicationError, SlotInvalidatedError
 from .conftest import Recorder, wait_for
 
 
-def terminate_walsender(db, slot):
-    wait_for(lambda: db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)),
-             what="an active slot")
-    db.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-
-
 def insert(db, table, title):
     db.execute(sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(sql.Identifier(table)), (title,))
 
@@ -43,7 +37,7 @@ def test_publication_harmed_while_streaming_is_restored_on_reconnect(make_client
         else:
             db.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                 sql.Identifier(config.publication_name), sql.Identifier(table)))
-        terminate_walsender(db, config.replication_slot)
+        db.terminate_walsender(config.replication_slot)
         wait_for(lambda: client.stats()["reconnects"] == 1 and client.stats()["state"] == "streaming",
                  what="the reconnect")
         assert published_tables(db, config.publication_name) == {table, other}

@@ -242,6 +242,7 @@ class ReplicationThread(threading.Thread):
         self._connect = connect
         self._slot = slot
         self._create_slot = create_slot  # "temporary", "persistent", or None to resume it
+        self._temporary = create_slot == "temporary"
         self._plugin_options = plugin_options
         self._protocol_version = protocol_version
         self._dispatcher = dispatcher
@@ -331,12 +332,12 @@ class ReplicationThread(threading.Thread):
                 except BaseException as exc:
                     if self._stopping:
                         return
-                    if _is_publication_missing(exc) and self._create_slot == "temporary":
+                    if _is_publication_missing(exc):
+                        if not self._temporary:
+                            self._on_fatal(_publication_missing_error(exc, self._slot))
+                            return
                         # A new temporary slot starts after the publication is made again.
                         logger.warning("%s; making it again and reconnecting", _one_line(exc))
-                    elif _is_publication_missing(exc):
-                        self._on_fatal(_publication_missing_error(exc, self._slot))
-                        return
                     elif not _is_connection_loss(exc):
                         self._on_fatal(_as_flash_error(exc, "replication stopped"))
                         return
@@ -404,7 +405,7 @@ class ReplicationThread(threading.Thread):
             while not self._stopping:
                 try:
                     self._before_reconnect()
-                    cursor = self._open_session("temporary" if self._create_slot == "temporary" else None)
+                    cursor = self._open_session("temporary" if self._temporary else None)
                 except (SlotInvalidatedError, ConfigurationError) as exc:
                     self._on_fatal(exc)
                     return None
@@ -508,7 +509,7 @@ class ReplicationThread(threading.Thread):
                     "%d events were still queued or being handled after shutdown_timeout=%.1f s; %s",
                     self._dispatcher.tracker.queued_events, self._shutdown_timeout,
                     "the temporary slot goes, and with it the events not yet handled"
-                    if self._create_slot == "temporary" else
+                    if self._temporary else
                     "their transactions are not acknowledged, and the next start delivers them again",
                 )
                 break
