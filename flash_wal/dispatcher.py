@@ -17,44 +17,20 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from .events import DeleteEvent, Event, InsertEvent, MessageEvent, TruncateEvent, UpdateEvent
+from .events import Event, MessageEvent, TruncateEvent, build_delete, build_insert, build_update
 from .listener import Listener, TableName
 from .operations import Operation
 
-__all__ = ["Change", "Transaction", "AckTracker", "Route", "Dispatcher"]
+__all__ = ["Transaction", "AckTracker", "Route", "Dispatcher"]
 
 logger = logging.getLogger(__name__)
 
 ErrorHandler = Callable[[BaseException, Any], Any]
 
-INSERT, UPDATE, DELETE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE
+INSERT, UPDATE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.TRUNCATE
 
 #: Events a max_parallel=1 listener gets per hand-off at most.
 BATCH_SIZE = 256
-
-
-class Change:
-    """One decoded row change, before it is shaped for each listener."""
-
-    __slots__ = ("operation", "table", "lsn", "old", "new", "cascade", "restart_identity")
-
-    def __init__(
-        self,
-        operation: Operation,
-        table: str,
-        lsn: int,
-        old: Optional[Dict[str, Any]] = None,
-        new: Optional[Dict[str, Any]] = None,
-        cascade: bool = False,
-        restart_identity: bool = False,
-    ) -> None:
-        self.operation = operation
-        self.table = table
-        self.lsn = lsn
-        self.old = old
-        self.new = new
-        self.cascade = cascade
-        self.restart_identity = restart_identity
 
 
 class Transaction:
@@ -238,39 +214,48 @@ class Route:
             return row
         return {field: row[field] for field in self.fields if field in row}
 
-    def event_for(self, change: Change, txn: Transaction) -> Optional[Event]:
-        """The event this listener gets for ``change``, or None."""
-        op = change.operation
-        meta = dict(
-            table=change.table, lsn=change.lsn, commit_lsn=txn.commit_lsn,
-            xid=txn.xid, commit_time=txn.commit_time,
-        )
-        if op is INSERT:
-            if self.conditions and not self.matches(change.new):
+    def event_for(
+        self, operation: Operation, table: str, lsn: int, txn: Transaction,
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+    ) -> Optional[Event]:
+        """The event this listener gets for a row change, shaped by its fields and
+        conditions, or None."""
+        meta = (table, lsn, txn.commit_lsn, txn.xid, txn.commit_time)
+        if operation is INSERT:
+            if self.conditions and not self.matches(new):
                 return None
-            return InsertEvent(self.project(change.new), **meta)
-        if op is UPDATE:
-            old, new = change.old, change.new
+            return build_insert(*meta, self.project(new))
+        if operation is UPDATE:
             if self.conditions:
                 new_matches = self.matches(new)
                 if old is not None:
                     old_matches = self.matches(old)
                     if old_matches and not new_matches:
-                        return DeleteEvent(self.project(old), **meta)
+                        return build_delete(*meta, self.project(old))
                     if new_matches and not old_matches:
-                        return InsertEvent(self.project(new), **meta)
+                        return build_insert(*meta, self.project(new))
                 if not new_matches:
                     return None
             if self.fields and old is not None and all(
                 old.get(field) == new.get(field) for field in self.fields
             ):
                 return None
-            return UpdateEvent(None if old is None else self.project(old), self.project(new), **meta)
-        if op is DELETE:
-            if self.conditions and not self.matches(change.old):
-                return None
-            return DeleteEvent(self.project(change.old), **meta)
-        return TruncateEvent(cascade=change.cascade, restart_identity=change.restart_identity, **meta)
+            return build_update(*meta, None if old is None else self.project(old), self.project(new))
+        if self.conditions and not self.matches(old):
+            return None
+        return build_delete(*meta, self.project(old))
+
+
+def _unshaped_event(
+    operation: Operation, table: str, lsn: int, txn: Transaction,
+    old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+) -> Event:
+    """The event every listener without fields or conditions gets: built once per change."""
+    if operation is INSERT:
+        return build_insert(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, new)
+    if operation is UPDATE:
+        return build_update(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old, new)
+    return build_delete(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old)
 
 
 class MessageRoute:
@@ -351,25 +336,56 @@ class Dispatcher:
         self.tracker.begin(txn)
         return txn
 
-    def dispatch(self, txn: Transaction, change: Change, routes: Tuple[Route, ...]) -> None:
-        plain_event = None
+    def dispatch(
+        self, txn: Transaction, routes: Tuple[Route, ...], operation: Operation, table: str, lsn: int,
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+    ) -> None:
+        """Queue an INSERT, UPDATE or DELETE for each route that wants it.
+
+        This runs once per change, so the plain case (no fields, no conditions: one
+        event shared by all such routes) and the batching are spelled out here.
+        """
+        unshaped = None
+        commit_lsn = txn.commit_lsn
         for route in routes:
-            if txn.commit_lsn <= route.since_lsn or not route.active:
+            if commit_lsn <= route.since_lsn or not route.active:
                 continue
-            if not route.listener.callbacks_for(change.operation):
-                # No callback wants the operation; an UPDATE may still become an
-                # INSERT or DELETE through the listener's conditions.
-                if change.operation is not UPDATE or not route.conditions:
-                    continue
+            wanted = route.listener.callbacks_for(operation)
             if route.plain:
-                if plain_event is None:
-                    plain_event = route.event_for(change, txn)
-                event = plain_event
+                if not wanted:
+                    continue
+                if unshaped is None:
+                    unshaped = _unshaped_event(operation, table, lsn, txn, old, new)
+                event = unshaped
             else:
-                event = route.event_for(change, txn)
+                # Without a callback for the operation, an UPDATE may still become an
+                # INSERT or DELETE through the listener's conditions.
+                if not wanted and (operation is not UPDATE or not route.conditions):
+                    continue
+                event = route.event_for(operation, table, lsn, txn, old, new)
                 if event is None or not route.listener.callbacks_for(event.operation):
                     continue
-            self._add_pending(route, txn, event)
+            pending = route.pending
+            if not pending:
+                route.pending_txn = txn
+                self._started_batches.append(route)
+            pending.append(event)
+            if len(pending) >= route.batch_size:
+                self._hand_off(route)
+
+    def dispatch_truncate(
+        self, txn: Transaction, routes: Tuple[Route, ...], table: str, lsn: int,
+        cascade: bool, restart_identity: bool,
+    ) -> None:
+        """Queue a TRUNCATE for each route with a callback for it (fields and conditions
+        do not apply: there is no row)."""
+        event = TruncateEvent(
+            table=table, lsn=lsn, commit_lsn=txn.commit_lsn, xid=txn.xid, commit_time=txn.commit_time,
+            cascade=cascade, restart_identity=restart_identity,
+        )
+        for route in routes:
+            if txn.commit_lsn > route.since_lsn and route.active and route.listener.callbacks_for(TRUNCATE):
+                self._add_pending(route, txn, event)
 
     def dispatch_message(self, txn: Transaction, event: MessageEvent) -> None:
         route = self._messages

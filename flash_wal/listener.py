@@ -7,7 +7,7 @@ reads a consistent snapshot without taking a lock per event.
 
 import re
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import attr
 
@@ -24,12 +24,15 @@ _UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 _MAX_IDENTIFIER_BYTES = 63
 
 
-@attr.s(frozen=True, slots=True, cache_hash=True)  # looked up for every change
-class TableName:
-    """A schema-qualified table name, with identifiers as PostgreSQL stores them."""
+class TableName(NamedTuple):
+    """A schema-qualified table name, with identifiers as PostgreSQL stores them.
 
-    schema: str = attr.ib()
-    name: str = attr.ib()
+    A named tuple because the replication thread looks one up for every change, and
+    tuples hash and compare in C.
+    """
+
+    schema: str
+    name: str
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"

@@ -447,8 +447,7 @@ def _read_tuple(
     if ncols > end - off - 2:
         raise _Malformed(off, f"column count {ncols} is impossible with {end - off - 2} bytes left")
     off += 2
-    values: list[ColumnValue] = []
-    append = values.append
+    values: list[ColumnValue] = [None] * ncols  # so a NULL costs nothing more
     i = 0
     try:
         # Text first: by far the most common kind. Lengths are read unsigned (the server
@@ -461,28 +460,35 @@ def _read_tuple(
             if kind == _KIND_TEXT:
                 start = off + 5
                 (size,) = _unpack_u32(buf, off + 1)
-                if start + size > end:
+                stop = start + size
+                if stop > end:
                     raise _overrun(buf, off, i, size)
-                off = start + size
-                append(buf[start:off])
+                values[i] = buf[start:stop]
+                off = stop
             elif kind == _KIND_NULL:
-                append(None)
                 off += 1
             elif kind == _KIND_UNCHANGED:
-                append(UNCHANGED_TOAST)
+                values[i] = UNCHANGED_TOAST
                 off += 1
             elif kind == _KIND_BINARY:
                 start = off + 5
                 (size,) = _unpack_u32(buf, off + 1)
-                if start + size > end:
+                stop = start + size
+                if stop > end:
                     raise _overrun(buf, off, i, size)
-                off = start + size
-                append(BinaryValue(buf[start:off]))
+                values[i] = BinaryValue(buf[start:stop])
+                off = stop
             else:
                 raise _Malformed(off, f"column {i}: unknown kind {_byte_repr(kind)}")
     except (IndexError, struct.error) as exc:
         raise _truncated(buf, off, f"column {i} of {ncols}") from exc
     return tuple(values), off
+
+
+def _invalid(payload: bytes, exc: _Malformed) -> ProtocolError:
+    return ProtocolError(
+        f"invalid {_NAMES.get(payload[0], 'pgoutput')} message at byte {exc.offset}: {exc.reason}"
+    )
 
 
 def _overrun(buf: bytes, off: int, column: int, size: int) -> _Malformed:
@@ -552,28 +558,26 @@ class PgOutputParser:
         ``payload`` must be ``bytes`` (text values are slices of it). Raises
         :class:`ProtocolError` for any malformed or out-of-place message.
         """
-        return self._parse(self._table, payload)
+        # Called once per message, so the table lookup is written out here rather
+        # than shared with parse_held through a helper.
+        if not payload:
+            raise ProtocolError("empty pgoutput payload")
+        try:
+            return self._table[payload[0]](payload)
+        except _Malformed as exc:
+            raise _invalid(payload, exc) from exc.__cause__
 
     def parse_held(self, payload: bytes) -> PgOutputMessage:
         """Parse a message that was received inside a streamed block and held for
         later, whatever the parser's state now (which it leaves alone)."""
         if payload[:1] == b"E" and self.protocol_version >= 2:  # it would change the state
             raise ProtocolError("invalid Stream Stop message at byte 0: a Stream Stop is never held")
-        return self._parse(self._inside, payload)
-
-    @staticmethod
-    def _parse(table: tuple, payload: bytes) -> PgOutputMessage:
+        if not payload:
+            raise ProtocolError("empty pgoutput payload")
         try:
-            reader = table[payload[0]]
-        except IndexError:
-            raise ProtocolError("empty pgoutput payload") from None
-        try:
-            return reader(payload)
+            return self._inside[payload[0]](payload)
         except _Malformed as exc:
-            raise ProtocolError(
-                f"invalid {_NAMES.get(payload[0], 'pgoutput')} message at byte "
-                f"{exc.offset}: {exc.reason}"
-            ) from exc.__cause__
+            raise _invalid(payload, exc) from exc.__cause__
 
     # -- dispatch tables
 

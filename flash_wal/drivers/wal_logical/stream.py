@@ -19,7 +19,7 @@ import psycopg2.errorcodes
 from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
-from ...dispatcher import Change, Dispatcher, Transaction
+from ...dispatcher import Dispatcher, Transaction
 from ...events import MessageEvent
 from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError
 from ...operations import Operation
@@ -45,7 +45,7 @@ from .server import invalidated_slot_error
 
 logger = logging.getLogger(__name__)
 
-INSERT, UPDATE, DELETE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE
+INSERT, UPDATE, DELETE = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 
 
 class ChangeTranslator:
@@ -186,8 +186,9 @@ class ChangeTranslator:
         decoder = self.relations.get(message.relid)
         routes = self.dispatcher.routes_for(decoder.table)
         if routes:
-            change = Change(INSERT, decoder.table_text, lsn, new=decoder.decode(message.new))
-            self.dispatcher.dispatch(self.txn, change, routes)
+            self.dispatcher.dispatch(
+                self.txn, routes, INSERT, decoder.table_text, lsn, None, decoder.decode(message.new)
+            )
 
     def _update(self, message: Update, lsn: int) -> None:
         decoder = self.relations.get(message.relid)
@@ -198,25 +199,23 @@ class ChangeTranslator:
                 old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
             new = decoder.decode(message.new)
             fill_unchanged_toast(new, old)
-            self.dispatcher.dispatch(self.txn, Change(UPDATE, decoder.table_text, lsn, old=old, new=new), routes)
+            self.dispatcher.dispatch(self.txn, routes, UPDATE, decoder.table_text, lsn, old, new)
 
     def _delete(self, message: Delete, lsn: int) -> None:
         decoder = self.relations.get(message.relid)
         routes = self.dispatcher.routes_for(decoder.table)
         if routes:
             old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            self.dispatcher.dispatch(self.txn, Change(DELETE, decoder.table_text, lsn, old=old), routes)
+            self.dispatcher.dispatch(self.txn, routes, DELETE, decoder.table_text, lsn, old, None)
 
     def _truncate(self, message: Truncate, lsn: int) -> None:
         for relid in message.relids:
             decoder = self.relations.get(relid)
             routes = self.dispatcher.routes_for(decoder.table)
             if routes:
-                change = Change(
-                    TRUNCATE, decoder.table_text, lsn,
-                    cascade=message.cascade, restart_identity=message.restart_identity,
+                self.dispatcher.dispatch_truncate(
+                    self.txn, routes, decoder.table_text, lsn, message.cascade, message.restart_identity
                 )
-                self.dispatcher.dispatch(self.txn, change, routes)
 
 
 class ReplicationThread(threading.Thread):
