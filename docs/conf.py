@@ -14,7 +14,10 @@ copyright = "flash_wal contributors"
 release = flash_wal.__version__
 version = ".".join(release.split(".")[:2])
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_ext"))
+
 extensions = [
+    "config_table",
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",  # the Args:/Raises: sections of some docstrings
     "sphinx.ext.viewcode",

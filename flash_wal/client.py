@@ -49,13 +49,22 @@ def _check_driver(_instance: Any, attribute: "attr.Attribute[Driver]", value: An
 class ClientConfig:
     """How a :class:`Client` connects and behaves."""
 
+    #: libpq connection string or URI. Connecting gives up after 10 s unless it sets
+    #: ``connect_timeout``; passwords are masked in messages and logs.
     database_cnx: str = attr.ib(validator=_check_dsn)
-    driver: Driver = attr.ib(factory=_default_driver, validator=_check_driver)
-    #: Seconds close() waits for in-flight callbacks.
+    #: The source of changes: a ``flash_wal.drivers.wal_logical.Driver``. A driver
+    #: serves one client.
+    driver: Driver = attr.ib(
+        factory=_default_driver, validator=_check_driver, metadata={"shown_default": "``Driver()``"}
+    )
+    #: Seconds ``close()`` waits for callbacks still running.
     shutdown_timeout: float = attr.ib(default=10.0, validator=seconds(0))
-    #: Called as on_error(exc, event) when a callback raises.
+    #: ``on_error(exc, event)`` is called when a callback raises (after the failure is
+    #: logged); an exception it raises is logged and ignored.
     on_error: Optional[ErrorHandler] = attr.ib(default=None, validator=_check_optional_callable)
-    #: Events handed to workers and not yet handled, at most; past it reading pauses.
+    #: Events handed to callbacks and not finished yet, at most; past it flash_wal
+    #: stops reading from the server (keeping the connection alive) until callbacks
+    #: catch up.
     max_queued_events: int = attr.ib(default=10_000, validator=positive_int)
 
 

@@ -145,11 +145,22 @@ def _check_conditions(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -
 class ListenerConfig:
     """What to listen to: a table, optionally some of its columns and rows."""
 
+    #: The table: ``"posts"`` (in ``public``), ``"schema.table"``, quoted parts as in
+    #: SQL (``'"Stats"."Name"'``); unquoted names are folded to lower case.
     table: str = attr.ib(validator=instance_of(str))
-    fields: Tuple[str, ...] = attr.ib(default=(), converter=_to_tuple, validator=_check_fields)
-    conditions: Tuple[Condition, ...] = attr.ib(
-        default=(), converter=_to_tuple, validator=_check_conditions
+    #: Columns to deliver, in ``new`` and ``old``; an UPDATE that changes none of them
+    #: produces no event. Empty: every column.
+    fields: Tuple[str, ...] = attr.ib(
+        default=(), converter=_to_tuple, validator=_check_fields, metadata={"shown_default": "``()`` (all)"}
     )
+    #: ``Condition(column, value)`` objects, all of which must hold (``value`` None
+    #: means IS NULL). On UPDATE, a row that starts to match arrives as an
+    #: ``InsertEvent``, one that stops matching as a ``DeleteEvent``.
+    conditions: Tuple[Condition, ...] = attr.ib(
+        default=(), converter=_to_tuple, validator=_check_conditions, metadata={"shown_default": "``()`` (none)"}
+    )
+    #: Callbacks of this listener running at once: 1 runs them one at a time in commit
+    #: order, N > 1 up to N at once, ``-1`` without limit.
     max_parallel: int = attr.ib(default=1, validator=_check_max_parallel)
     table_name: TableName = attr.ib(init=False, eq=False, repr=False)
 
