@@ -289,8 +289,10 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
     return undo
 
 
-def _report_error(exc: FlashError, verbose: bool) -> None:
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+def _report_error(exc: FlashError, verbose: bool, dsn: Optional[str]) -> None:
+    from .connection import mask_secrets
+
+    lines = mask_secrets(str(exc).strip(), dsn).splitlines() or [type(exc).__name__]
     message = lines[0]
     if len(lines) > 1 and not verbose:
         message += " (run with --verbose for details)"
@@ -300,7 +302,7 @@ def _report_error(exc: FlashError, verbose: bool) -> None:
             print(f"  {line}", file=sys.stderr)
         cause = exc.__cause__
         if cause is not None and str(cause).strip() and str(cause).strip() not in str(exc):
-            print(f"  caused by {type(cause).__name__}: {str(cause).strip()}", file=sys.stderr)
+            print(f"  caused by {type(cause).__name__}: {mask_secrets(str(cause).strip(), dsn)}", file=sys.stderr)
     sys.stderr.flush()
 
 
@@ -321,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return command(args)
     except FlashError as exc:
-        _report_error(exc, verbose=args.verbose > 0)
+        _report_error(exc, verbose=args.verbose > 0, dsn=getattr(args, "dsn", None))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 
 import attr
 
+from .connection import mask_dsn
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
@@ -49,7 +50,7 @@ def _check_driver(_instance: Any, attribute: "attr.Attribute[Driver]", value: An
 class ClientConfig:
     """How a :class:`Client` connects and behaves."""
 
-    database_cnx: str = attr.ib(validator=_check_dsn)
+    database_cnx: str = attr.ib(validator=_check_dsn, repr=lambda dsn: repr(mask_dsn(dsn)))
     driver: Driver = attr.ib(factory=_default_driver, validator=_check_driver)
     #: Seconds close() waits for in-flight callbacks.
     shutdown_timeout: float = attr.ib(default=10.0, validator=seconds(0))
@@ -202,7 +203,10 @@ class Client:
             self._dispatcher.close()
             self._state = "closed"
             self._done.set()
-            logger.info("closed")
+            logger.info(
+                "closed: %d events delivered, %d callbacks failed",
+                self._dispatcher.tracker.events_delivered, self._dispatcher.callbacks_failed,
+            )
 
     def stats(self) -> Dict[str, Any]:
         """Figures about delivery; see the API documentation for the keys."""
