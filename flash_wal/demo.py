@@ -19,12 +19,10 @@ import datetime
 import os
 import secrets
 import shutil
-import signal
 import sys
 import threading
 import time
 from decimal import Decimal
-from types import FrameType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 
 import attr
@@ -32,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from .cli import StopSignals
 from .client import Client, ClientConfig
 from .connection import mask_dsn, mask_secrets
 from .drivers.wal_logical import Driver, DriverConfig
@@ -250,45 +249,6 @@ class _Tally:
             return f"{self.total} event{'s' if self.total != 1 else ''} received ({parts})"
 
 
-# --- signals ---------------------------------------------------------------------------
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM ask the demo to stop instead of killing it.
-
-    The handler only records the signal; the main thread polls ``received``. A second
-    signal while the demo cleans up is acknowledged on stderr and otherwise ignored,
-    so that nothing is left behind.
-    """
-
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s)
-
-    def __init__(self) -> None:
-        self.received: Optional[str] = None
-        self._previous: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, _frame: Optional[FrameType]) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-        else:
-            # No locks in a signal handler: write straight to the descriptor.
-            try:
-                os.write(2, b"flash-wal: stopping, please wait while the demo cleans up\n")
-            except OSError:
-                pass
-
-
 # --- the writer ------------------------------------------------------------------------
 
 
@@ -443,7 +403,7 @@ class _Demo:
     def run(self) -> int:
         failure: Optional[BaseException] = None
         elapsed = 0.0
-        with _StopSignals() as signals:
+        with StopSignals("the demo cleans up") as signals:
             try:
                 began = self._set_up(signals)
                 if signals.received is None:
@@ -472,7 +432,7 @@ class _Demo:
         self._summary(elapsed)
         return 0
 
-    def _set_up(self, signals: _StopSignals) -> float:
+    def _set_up(self, signals: StopSignals) -> float:
         """Server, table, client; returns the monotonic time streaming began."""
         dsn = self.options.dsn
         if dsn is None:
@@ -506,7 +466,7 @@ class _Demo:
         self._banner(version, dsn, self._pg, self._client)
         return began
 
-    def _wait(self, signals: _StopSignals, began: float) -> None:
+    def _wait(self, signals: StopSignals, began: float) -> None:
         """Until a signal, the end of --duration, or a failure (raised)."""
         assert self._client is not None and self._writer is not None
         duration = self.options.duration

@@ -129,7 +129,7 @@ def test_a_client_logs_start_and_stop_at_info_and_nothing_per_transaction(secret
 
 def test_the_command_line_masks_the_password_in_its_errors(tmp_path):
     dsn = f"postgresql://someone:{SECRET}/x@127.0.0.1:1/nothing"
-    for command in (["status"], ["cleanup", "--yes"]):
+    for command in (["status"], ["cleanup", "--yes"], ["listen", "--table", "posts"]):
         for verbose in ([], ["-vv"]):
             run = subprocess.run([sys.executable, "-m", "flash_wal", *command, "--dsn", dsn, *verbose],
                                  cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
