@@ -21,8 +21,8 @@ from .sentinels import UNCHANGED_TOAST
 
 __all__ = ["UNCHANGED_TOAST_JSON", "json_value", "event_as_dict", "event_to_json"]
 
-#: What an unchanged TOASTed value (:data:`flash_wal.UNCHANGED_TOAST`) becomes: an
-#: object, so that it cannot pass for a value of the column's type.
+#: The JSON of an unchanged TOASTed value (:data:`flash_wal.UNCHANGED_TOAST`), an
+#: object so that it cannot pass for a value of the column's type.
 UNCHANGED_TOAST_JSON: Dict[str, bool] = {"unchanged_toast": True}
 
 _FLOAT_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}

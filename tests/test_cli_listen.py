@@ -18,10 +18,6 @@ from flash_wal.cli import main
 from .conftest import ROOT, wait_for
 
 LISTEN = [sys.executable, "-m", "flash_wal", "listen"]
-STREAMING = (
-    "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid"
-    " WHERE s.slot_name = %s AND r.state = 'streaming'"
-)
 
 
 class Command:
@@ -91,7 +87,7 @@ def listen(dsn, db, names):
         else:
             command = Command(argv, env=env)
         started.append(command)
-        wait_for(lambda: command.proc.poll() is not None or db.fetchone(STREAMING, (names["slot"],)),
+        wait_for(lambda: command.proc.poll() is not None or db.streams(names["slot"]),
                  what="flash-wal listen to stream")
         assert command.proc.poll() is None, (command.wait_exit(), command.stderr)
         return command

@@ -4,10 +4,8 @@ not in log records, exception messages, reprs, or the command line's errors."""
 import logging
 import subprocess
 import sys
-from urllib.parse import quote
 
 import psycopg2
-import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
@@ -15,9 +13,7 @@ from flash_wal import Client, ClientConfig, FlashError, Operation
 from flash_wal.connection import connect, mask_dsn, mask_secrets
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
-from .conftest import ROOT, Recorder
-
-SECRET = "s3cr3t-Pw"
+from .conftest import ROOT, SECRET, Recorder
 
 
 def secret_fragments(text):
@@ -89,20 +85,9 @@ def test_connection_errors_never_quote_the_password(dsn, caplog):
 # --- steady state -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def secret_dsn(dsn):
-    """The test server's DSN with a password: its own, or SECRET (it trusts local users)."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    params.setdefault("password", SECRET)
-    host, port = params.pop("host", "127.0.0.1"), params.pop("port", "5432")
-    user, password, dbname = params.pop("user", "postgres"), params.pop("password"), params.pop("dbname", "postgres")
-    query = "&".join(f"{key}={quote(value)}" for key, value in params.items())
-    uri = f"postgresql://{quote(user)}:{quote(password, safe='')}@{host}:{port}/{quote(dbname)}"
-    return (uri + ("?" + query if query else "")), password
-
-
-def test_a_client_logs_start_and_stop_at_info_and_nothing_per_transaction(secret_dsn, make_table, db, unique, caplog):
-    uri, password = secret_dsn
+def test_a_client_logs_start_and_stop_at_info_and_nothing_per_transaction(dsn_with_password, make_table, db, unique,
+                                                                          caplog):
+    uri, password = dsn_with_password
     table = make_table()
     db.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(table)))
     client = Client(ClientConfig(database_cnx=uri, driver=Driver(DriverConfig(
