@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 
 import attr
 
+from .connection import mask_dsn
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
@@ -51,7 +52,7 @@ class ClientConfig:
 
     #: libpq connection string or URI. Connecting gives up after 10 s unless it sets
     #: ``connect_timeout``; passwords are masked in messages and logs.
-    database_cnx: str = attr.ib(validator=_check_dsn)
+    database_cnx: str = attr.ib(validator=_check_dsn, repr=lambda dsn: repr(mask_dsn(dsn)))
     #: The source of changes: a ``flash_wal.drivers.wal_logical.Driver``. A driver
     #: serves one client.
     driver: Driver = attr.ib(
@@ -211,7 +212,10 @@ class Client:
             self._dispatcher.close()
             self._state = "closed"
             self._done.set()
-            logger.info("closed")
+            logger.info(
+                "closed: %d events delivered, %d callbacks failed",
+                self._dispatcher.tracker.events_delivered, self._dispatcher.callbacks_failed,
+            )
 
     def stats(self) -> Dict[str, Any]:
         """Figures about delivery; see the API documentation for the keys."""

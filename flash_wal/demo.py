@@ -17,31 +17,29 @@ This is the command line, so it prints; the formatting helpers
 import collections
 import datetime
 import os
-import re
 import secrets
 import shutil
-import signal
 import sys
 import threading
 import time
 from decimal import Decimal
-from types import FrameType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import attr
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from .cli import StopSignals
 from .client import Client, ClientConfig
+from .connection import mask_dsn, mask_secrets
 from .drivers.wal_logical import Driver, DriverConfig
 from .errors import ConfigurationError, FlashError
-from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent
+from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent, format_lsn
 from .listener import Listener
 from .operations import Operation
 
-__all__ = ["DemoOptions", "run_demo", "format_event", "format_lsn", "format_value", "display_dsn"]
+__all__ = ["DemoOptions", "run_demo", "format_event", "format_lsn", "format_value"]
 
 #: Seconds between the steps of the opening scenario.
 STEP_PAUSE = 0.35
@@ -73,7 +71,7 @@ class DemoOptions:
     """What ``flash-wal demo`` was asked to do."""
 
     #: An existing server to use; None starts an embedded one.
-    dsn: Optional[str] = attr.ib(default=None)
+    dsn: Optional[str] = attr.ib(default=None, repr=lambda dsn: repr(dsn and mask_dsn(dsn)))
     #: Seconds of streaming before stopping; None runs until a signal.
     duration: Optional[float] = attr.ib(default=None)
     #: Seconds between the writes that follow the opening scenario.
@@ -89,13 +87,6 @@ def run_demo(options: DemoOptions) -> int:
 
 
 # --- formatting ------------------------------------------------------------------------
-
-
-def format_lsn(lsn: Optional[int]) -> str:
-    """A WAL position the way PostgreSQL shows it: ``0/16E4A30``."""
-    if lsn is None:
-        return "?"
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def format_value(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
@@ -184,33 +175,6 @@ def format_event(event: Event, key_columns: Sequence[str] = ("id",), width: int 
     return head + body + tail
 
 
-def display_dsn(dsn: str) -> str:
-    """``dsn`` without its password, in the form it was given (URI or key=value)."""
-    if re.match(r"^postgres(?:ql)?://", dsn, re.I):
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, hosts = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}@{hosts}" if user else hosts
-        query = "&".join(
-            item for item in parts.query.split("&") if item and not item.lower().startswith("password=")
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    try:
-        params = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.Error:
-        return "(a DSN that cannot be parsed)"
-    params.pop("password", None)
-    return " ".join(f"{key}={_quote_dsn_value(value)}" for key, value in params.items())
-
-
-def _quote_dsn_value(value: str) -> str:
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _one_line(exc: BaseException) -> str:
     """A (psycopg2) error message on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -285,45 +249,6 @@ class _Tally:
             return f"{self.total} event{'s' if self.total != 1 else ''} received ({parts})"
 
 
-# --- signals ---------------------------------------------------------------------------
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM ask the demo to stop instead of killing it.
-
-    The handler only records the signal; the main thread polls ``received``. A second
-    signal while the demo cleans up is acknowledged on stderr and otherwise ignored,
-    so that nothing is left behind.
-    """
-
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s)
-
-    def __init__(self) -> None:
-        self.received: Optional[str] = None
-        self._previous: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, _frame: Optional[FrameType]) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-        else:
-            # No locks in a signal handler: write straight to the descriptor.
-            try:
-                os.write(2, b"flash-wal: stopping, please wait while the demo cleans up\n")
-            except OSError:
-                pass
-
-
 # --- the writer ------------------------------------------------------------------------
 
 
@@ -356,7 +281,7 @@ class _Writer(threading.Thread):
         try:
             conn = psycopg2.connect(self.dsn, connect_timeout=10, application_name="flash_wal_demo_writer")
         except psycopg2.Error as exc:
-            self.error = FlashError(f"the demo writer cannot connect: {_one_line(exc)}")
+            self.error = FlashError(f"the demo writer cannot connect: {mask_secrets(_one_line(exc), self.dsn)}")
             return
         try:
             conn.autocommit = True
@@ -478,7 +403,7 @@ class _Demo:
     def run(self) -> int:
         failure: Optional[BaseException] = None
         elapsed = 0.0
-        with _StopSignals() as signals:
+        with StopSignals("the demo cleans up") as signals:
             try:
                 began = self._set_up(signals)
                 if signals.received is None:
@@ -507,7 +432,7 @@ class _Demo:
         self._summary(elapsed)
         return 0
 
-    def _set_up(self, signals: _StopSignals) -> float:
+    def _set_up(self, signals: StopSignals) -> float:
         """Server, table, client; returns the monotonic time streaming began."""
         dsn = self.options.dsn
         if dsn is None:
@@ -541,7 +466,7 @@ class _Demo:
         self._banner(version, dsn, self._pg, self._client)
         return began
 
-    def _wait(self, signals: _StopSignals, began: float) -> None:
+    def _wait(self, signals: StopSignals, began: float) -> None:
         """Until a signal, the end of --duration, or a failure (raised)."""
         assert self._client is not None and self._writer is not None
         duration = self.options.duration
@@ -635,7 +560,7 @@ class _Demo:
         out("flash-wal demo: row changes of a PostgreSQL table, delivered to a Python callback")
         out()
         out(f"  server       {server}")
-        out(f"  dsn          {display_dsn(dsn)}")
+        out(f"  dsn          {mask_dsn(dsn)}")
         out(f"  table        public.{self.table_name}")
         out(f"  slot         {self.name} (temporary)")
         out(f"  publication  {client.driver.config.publication_name}")
@@ -649,7 +574,7 @@ class _Demo:
         try:
             conn = psycopg2.connect(dsn, connect_timeout=10, application_name="flash_wal_demo")
         except psycopg2.Error as exc:
-            raise FlashError(f"cannot connect to {display_dsn(dsn)}: {_one_line(exc)}") from exc
+            raise FlashError(f"cannot connect to {mask_dsn(dsn)}: {mask_secrets(_one_line(exc), dsn)}") from exc
         conn.autocommit = True
         return conn
 

@@ -21,9 +21,17 @@ __all__ = [
     "TruncateEvent",
     "MessageEvent",
     "UNCHANGED_TOAST",
+    "format_lsn",
 ]
 
 Row = Dict[str, Any]
+
+
+def format_lsn(lsn: Optional[int]) -> str:
+    """A WAL position the way PostgreSQL shows it: ``0/16E4A30``."""
+    if lsn is None:
+        return "?"
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 @attr.s(frozen=True, slots=True, kw_only=True)

@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
+from urllib.parse import quote
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
@@ -134,6 +136,13 @@ class Database:
         pid = wait_for(lambda: (self.fetchone(query, (slot,)) or (None,))[0], what=f"a walsender on {slot}")
         self.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
+    def streams(self, slot: str) -> bool:
+        """Whether a walsender streams from ``slot``: what is committed from now on reaches it."""
+        return self.fetchone(
+            "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid"
+            " WHERE s.slot_name = %s AND r.state = 'streaming'", (slot,)
+        ) is not None
+
     def publications(self, prefix: str) -> List[str]:
         return [row[0] for row in self.fetchall(
             "SELECT pubname FROM pg_publication WHERE starts_with(pubname, %s)", (prefix,)
@@ -199,6 +208,22 @@ def server_version(dsn: str) -> int:
         return int(database.fetchone("SHOW server_version_num")[0])
     finally:
         database.close()
+
+
+#: A password for DSNs of tests that check it never shows (the test server trusts local users).
+SECRET = "s3cr3t-Pw"
+
+
+@pytest.fixture
+def dsn_with_password(dsn: str) -> Tuple[str, str]:
+    """The test server's DSN as a URI with a password (its own, or SECRET), and the password."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    password = params.pop("password", SECRET)
+    host, port = params.pop("host", "127.0.0.1"), params.pop("port", "5432")
+    user, dbname = params.pop("user", "postgres"), params.pop("dbname", "postgres")
+    query = "&".join(f"{key}={quote(value)}" for key, value in params.items())
+    uri = f"postgresql://{quote(user)}:{quote(password, safe='')}@{host}:{port}/{quote(dbname)}"
+    return uri + ("?" + query if query else ""), password
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from flash_wal import DeleteEvent, InsertEvent, TruncateEvent, UpdateEvent
 from flash_wal.cli import main
-from flash_wal.demo import display_dsn, format_event, format_lsn, format_value
+from flash_wal.demo import format_event, format_lsn, format_value
 
 from .conftest import Database, wait_for
 
@@ -216,7 +216,8 @@ def test_python_dash_m_help_and_usage_error() -> None:
     run = subprocess.run(demo_command("--bogus"), cwd=str(REPO), env=child_env(),
                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert run.returncode == 2
-    assert "usage:" in run.stderr and "--bogus" in run.stderr
+    assert run.stderr == ("flash-wal: error: unrecognized arguments: --bogus "
+                          "(see 'flash-wal --help')\n")
 
 
 def test_runtime_failure_is_one_line_exit_1(capsys: pytest.CaptureFixture) -> None:
@@ -226,7 +227,7 @@ def test_runtime_failure_is_one_line_exit_1(capsys: pytest.CaptureFixture) -> No
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("flash-wal: error: cannot connect to postgresql://someone@127.0.0.1:1/nothing")
+    assert lines[0].startswith("flash-wal: error: cannot connect to postgresql://someone:***@127.0.0.1:1/nothing")
     assert "s3cret" not in err and "Traceback" not in err
 
 
@@ -340,9 +341,3 @@ def test_format_event_lines() -> None:
     assert len(line) <= 120 and " ...   (xid 750, lsn 0/16E4A30)" in line
 
 
-def test_display_dsn_hides_the_password() -> None:
-    assert display_dsn("postgresql://u:pw@h:5432/db?sslmode=require&password=x") == \
-        "postgresql://u@h:5432/db?sslmode=require"
-    assert display_dsn("postgresql://h/db") == "postgresql://h/db"
-    shown = display_dsn("host=h port=5432 user=u password=secret dbname=db")
-    assert "secret" not in shown and "password" not in shown and "host=h" in shown

@@ -168,9 +168,10 @@ class Driver(base.Driver):
             )
             self._thread.start_streaming(timeout=config.setup_timeout)
             logger.info(
-                "streaming from %s: slot %s, publication %s, pgoutput protocol %d",
-                mask_dsn(database_cnx), config.replication_slot, config.publication_name,
-                self.protocol_version,
+                "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
+                mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
+                ("resumed durable" if slot_existed else "durable") if config.durable else "temporary",
+                config.replication_slot, config.publication_name, self.protocol_version,
             )
         except BaseException as exc:
             self._clean_up_failed_start(published, drop_slot=not slot_existed)
@@ -191,6 +192,8 @@ class Driver(base.Driver):
                 server.alter_publication(
                     cursor, self.config.publication_name, add=added, drop=self._tables - wanted
                 )
+                logger.debug("publication %s now holds %s", self.config.publication_name,
+                             ", ".join(sorted(map(str, wanted))) or "no table")
                 self._tables = wanted
                 return server.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
@@ -208,6 +211,11 @@ class Driver(base.Driver):
                 try:
                     if not self.config.durable:
                         self._remove_server_objects()
+                        logger.debug("removed publication %s and slot %s", self.config.publication_name,
+                                     self.config.replication_slot)
+                    else:
+                        logger.debug("kept the durable slot %s and publication %s",
+                                     self.config.replication_slot, self.config.publication_name)
                 finally:
                     self._query.close()
                     self._query = None

@@ -20,7 +20,7 @@ from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, fill_unchanged_toast, lookup_types_with
 from ...dispatcher import Dispatcher, Transaction
-from ...events import MessageEvent
+from ...events import MessageEvent, format_lsn
 from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError
 from ...operations import Operation
 from ...protocol import (
@@ -370,6 +370,7 @@ class ReplicationThread(threading.Thread):
                     sql.Identifier(self._slot), temporary
                 )
             )
+            logger.debug("created the %s replication slot %s", create_slot, self._slot)
         try:
             cursor.start_replication(
                 slot_name=self._slot, decode=False, options=self._plugin_options,
@@ -492,6 +493,8 @@ class ReplicationThread(threading.Thread):
         acked = self._dispatcher.tracker.acked_lsn
         if acked > self._sent_lsn or keepalive:
             cursor.send_feedback(write_lsn=acked, flush_lsn=acked, apply_lsn=acked, force=force)
+            if acked > self._sent_lsn:
+                logger.debug("acknowledged up to %s", format_lsn(acked))
             self._sent_lsn = acked
 
     def _finish(self, cursor: Any) -> None:
