@@ -7,6 +7,7 @@ directory of any other installation, and ``FLASH_WAL_TEST_DSN`` runs against an
 existing server instead (a superuser DSN on a server with ``wal_level=logical``).
 """
 
+import contextlib
 import itertools
 import os
 import signal
@@ -66,14 +67,15 @@ class Recorder:
         return len(self.events)
 
 
-class ConsumerProcess:
-    """``tests/consumer.py`` in a process of its own, so that SIGKILL is real."""
+class WatchedProcess:
+    """A subprocess whose output lines (stdout and stderr together) are collected as
+    they come, to be waited on with deadlines."""
 
-    def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
+    def __init__(self, argv: List[str], *, cwd: str = ROOT, env: Optional[dict] = None) -> None:
         self.lines: List[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, *options],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # a signal to its group reaches its children too
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -82,25 +84,74 @@ class ConsumerProcess:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
     def wait_line(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the consumer")
-        assert text in self.lines, "\n".join(self.lines)
+        """Wait for a line that is exactly ``text``."""
+        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the process")
+        assert text in self.lines, self.output
+
+    def wait_output(self, fragment: str, timeout: float = 30) -> str:
+        """Wait for a line containing ``fragment``; returns that line."""
+        def find() -> Optional[str]:
+            return next((line for line in list(self.lines) if fragment in line), None)
+
+        wait_for(lambda: find() or self.proc.poll() is not None, timeout, f"{fragment!r} from the process")
+        line = find()
+        assert line is not None, self.output
+        return line
+
+    def signal_group(self, number: int) -> None:
+        os.killpg(self.proc.pid, number)
 
     def wait_exit(self, timeout: float = 30) -> int:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
-            wait_for(lambda: any("most recent call first" in line for line in self.lines), 5, "the stacks")
+            self.dump_stacks()
             self.kill()
-            raise AssertionError("the consumer did not exit:\n" + "\n".join(self.lines)) from None
+            raise AssertionError("the process did not exit:\n" + self.output) from None
         self._reader.join(10)
         return code
 
+    def dump_stacks(self) -> None:
+        """Add the stacks of a process that hangs to its output, if it can print them."""
+
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._reader.join(10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., WatchedProcess]]:
+    """``spawn(argv, cwd=..., env=...)`` starts a WatchedProcess; one still running
+    after the test (which failed, then) is killed."""
+    started: List[WatchedProcess] = []
+
+    def start(argv: List[str], **options: Any) -> WatchedProcess:
+        process = WatchedProcess(argv, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
+
+
+class ConsumerProcess(WatchedProcess):
+    """``tests/consumer.py`` in a process of its own, so that SIGKILL is real."""
+
+    def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
+        super().__init__([sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, *options])
+
+    def dump_stacks(self) -> None:
+        self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+        wait_for(lambda: any("most recent call first" in line for line in self.lines), 5, "the stacks")
 
 
 class Database:
