@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -90,18 +91,20 @@ class WatchedProcess:
 
     def wait_line(self, text: str, timeout: float = 30) -> None:
         """Wait for a line that is exactly ``text``."""
-        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the process")
-        assert text in self.lines, self.output
+        self._wait(lambda: text in self.lines, timeout, repr(text))
+
+    def _wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        try:
+            wait_for(lambda: predicate() or self.proc.poll() is not None, timeout, f"{what} from the process")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its output:\n{self.output}") from None
+        found = predicate()
+        assert found, f"the process exited ({self.proc.returncode}) before {what}:\n{self.output}"
+        return found
 
     def wait_output(self, fragment: str, timeout: float = 30) -> str:
         """Wait for a line containing ``fragment``; returns that line."""
-        def find() -> Optional[str]:
-            return next((line for line in list(self.lines) if fragment in line), None)
-
-        wait_for(lambda: find() or self.proc.poll() is not None, timeout, f"{fragment!r} from the process")
-        line = find()
-        assert line is not None, self.output
-        return line
+        return self._wait(lambda: next((line for line in list(self.lines) if fragment in line), None), timeout, repr(fragment))
 
     def signal_group(self, number: int) -> None:
         os.killpg(self.proc.pid, number)
@@ -124,6 +127,71 @@ class WatchedProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._reader.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get_body(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as http:
+        http.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        return http.makefile("rb").read().partition(b"\r\n\r\n")[2]
+
+
+def run_two_autostarted_workers(
+    start_worker: Callable[[], WatchedProcess], slot: str, insert_row: Callable[[str], None]
+) -> None:
+    """Two web workers of an app whose flash_wal starts automatically: the first
+    listens, the second logs that the slot is in use and serves all the same; both
+    exit with status 0 on SIGTERM. The app's listener prints ``new post: <title>``."""
+    workers = [start_worker()]
+    try:
+        workers[0].wait_output("serving")
+        workers[0].wait_output("started automatically in process")
+        workers.append(start_worker())
+        warning = workers[1].wait_output("not listening in this process")
+        assert f"replication slot '{slot}' is in use by another running instance" in warning
+        assert http_get_body(int(workers[1].wait_output("serving").split()[1])) == b"ok"
+        insert_row("one worker")
+        workers[0].wait_line("new post: one worker")
+    finally:
+        for worker in workers:
+            worker.proc.send_signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait_exit() == 0, worker.output
+    assert "new post: one worker" not in workers[1].lines
+
+
+def run_command_for_one_row(command: WatchedProcess, insert_row: Callable[[str], None]) -> None:
+    """A ``flash_wal``/``flash-wal run`` command until its listener printed
+    ``new post: <title>`` for one row, then SIGTERM; it must exit with status 0."""
+    try:
+        command.wait_output("flash_wal: streaming")
+        insert_row("one post")
+        command.wait_line("new post: one post")
+    finally:
+        command.proc.send_signal(signal.SIGTERM)
+    assert command.wait_exit() == 0, command.output
+
+
+def run_dev_server_with_reloader(server: WatchedProcess, watcher_says: str, insert_row: Callable[[str], None]) -> None:
+    """A development server with its autoreloader, and flash_wal starting
+    automatically: the watcher process (``server``) does not start the client, its
+    serving child does, and exactly once; Ctrl-C ends both."""
+    try:
+        server.wait_output(f"not starting automatically: {watcher_says}")
+        started = server.wait_output("started automatically in process")
+        assert started.split()[-1] != str(server.proc.pid)  # the child
+        insert_row("from the dev server")
+        server.wait_line("new post: from the dev server")
+    finally:
+        server.signal_group(signal.SIGINT)  # Ctrl-C in a terminal reaches both processes
+    server.wait_exit()
+    assert server.lines.count("new post: from the dev server") == 1
+    assert "not listening" not in server.output
 
 
 @pytest.fixture

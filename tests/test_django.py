@@ -4,10 +4,9 @@ against a database of its own on the test server."""
 
 import os
 import signal
-import socket
 import sys
 import uuid
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator
 
 import psycopg2
 import pytest
@@ -20,7 +19,15 @@ from flash_wal import ConfigurationError  # noqa: E402
 from flash_wal.contrib.django import _table_name  # noqa: E402
 from flash_wal.contrib.django.conf import database_cnx_from  # noqa: E402
 
-from .conftest import ROOT, Database, WatchedProcess  # noqa: E402
+from .conftest import (  # noqa: E402
+    ROOT,
+    Database,
+    WatchedProcess,
+    free_port,
+    run_command_for_one_row,
+    run_dev_server_with_reloader,
+    run_two_autostarted_workers,
+)
 
 PROJECT = os.path.join(ROOT, "docs", "examples", "django")
 SETTINGS_MODULE = "flash_wal_test_settings"
@@ -140,22 +147,10 @@ def test_manage_py_flash_wal_delivers_and_stops_cleanly(project, blog, db, stop_
     assert_nothing_left(db, project)
 
 
-def run_command_for_one_post(project: Project, env: Dict[str, str], blog: Database) -> WatchedProcess:
-    """``manage.py flash_wal`` until it has seen one new post, then SIGTERM."""
-    command = project.manage(env, "flash_wal")
-    try:
-        command.wait_output("flash_wal: streaming")
-        insert_post(blog, "one post")
-        command.wait_line("new post: one post")
-    finally:
-        command.proc.send_signal(signal.SIGTERM)
-    assert command.wait_exit() == 0, command.output
-    return command
-
-
 def test_manage_py_flash_wal_is_not_autostarted_twice(project, blog, db):
     """With AUTOSTART on, the command's own process does not start a second client."""
-    command = run_command_for_one_post(project, project.settings({"AUTOSTART": True}), blog)
+    command = project.manage(project.settings({"AUTOSTART": True}), "flash_wal")
+    run_command_for_one_row(command, lambda title: insert_post(blog, title))
     assert "not starting automatically: 'flash_wal' is a management command, not a web server" in command.output
     assert "not listening" not in command.output
     assert_nothing_left(db, project)
@@ -193,56 +188,21 @@ def test_database_cnx_setting_is_used_instead_of_databases(project, blog, db, ds
     params = parse_dsn(dsn)
     params["dbname"] = migrated["NAME"]
     env = project.settings({"DATABASE_CNX": psycopg2.extensions.make_dsn(**params)}, extra=SQLITE_DEFAULT)
-    run_command_for_one_post(project, env, blog)
+    run_command_for_one_row(project.manage(env, "flash_wal"), lambda title: insert_post(blog, title))
     assert_nothing_left(db, project)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_autostart_under_runserver_starts_in_the_serving_process_only(project, blog, db):
     server = project.manage(project.settings({"AUTOSTART": True}), "runserver", f"127.0.0.1:{free_port()}")
-    try:
-        server.wait_output("not starting automatically: this is runserver's autoreloader")
-        started = server.wait_output("started automatically in process")
-        assert started.split()[-1] != str(server.proc.pid)  # the autoreloader's child
-        insert_post(blog, "from runserver")
-        server.wait_line("new post: from runserver")
-        assert db.slots(project.slot) == [(project.slot, True)]
-    finally:
-        server.signal_group(signal.SIGINT)  # Ctrl-C in a terminal reaches both processes
-    server.wait_exit()
-    assert server.lines.count("new post: from runserver") == 1
-    assert "not listening" not in server.output
+    run_dev_server_with_reloader(
+        server, "this is runserver's autoreloader", lambda title: insert_post(blog, title)
+    )
     assert_nothing_left(db, project)  # closed at exit
 
 
 def test_autostart_in_two_web_workers_one_listens_the_other_warns_and_serves(project, blog, db):
     env = project.settings({"AUTOSTART": True})
-    first = project.worker(env)
-    workers: List[WatchedProcess] = [first]
-    try:
-        first.wait_output("serving")
-        first.wait_output("started automatically in process")
-        second = project.worker(env)
-        workers.append(second)
-        warning = second.wait_output("not listening in this process")
-        assert f"replication slot '{project.slot}' is in use by another running instance" in warning
-        port = int(second.wait_output("serving").split()[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as http:
-            http.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            assert http.makefile("rb").read().endswith(b"\r\n\r\nok")
-        insert_post(blog, "one worker")
-        first.wait_line("new post: one worker")
-    finally:
-        for worker in workers:
-            worker.proc.send_signal(signal.SIGTERM)
-    for worker in workers:
-        assert worker.wait_exit() == 0, worker.output
-    assert "new post: one worker" not in workers[1].lines
+    run_two_autostarted_workers(lambda: project.worker(env), project.slot, lambda title: insert_post(blog, title))
     assert_nothing_left(db, project)  # the listening worker closed its client at exit
 
 

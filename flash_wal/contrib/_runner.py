@@ -18,7 +18,7 @@ import os
 import select
 import signal
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import attr
 

@@ -69,8 +69,10 @@ def why_not_autostart() -> Optional[str]:
     context = click.get_current_context(silent=True)
     if context is None:
         return None
+    if context.parent is None:  # the app is loaded to look up a command of app.cli
+        return "a flask command other than 'flask run' runs in this process"
     if context.command is not run_command:
-        return f"'{context.command_path}' is a command, not a web server"
+        return f"'flask {context.info_name}' is a command, not a web server"
     reload = context.params.get("reload")
     if reload is None:
         reload = get_debug_flag()
