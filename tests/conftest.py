@@ -156,13 +156,13 @@ def run_two_autostarted_workers(
         assert f"replication slot '{slot}' is in use by another running instance" in warning
         assert http_get_body(int(workers[1].wait_output("serving").split()[1])) == b"ok"
         insert_row("one worker")
-        workers[0].wait_line("new post: one worker")
+        workers[0].wait_output("new post: one worker")
     finally:
         for worker in workers:
             worker.proc.send_signal(signal.SIGTERM)
     for worker in workers:
         assert worker.wait_exit() == 0, worker.output
-    assert "new post: one worker" not in workers[1].lines
+    assert "new post: one worker" not in workers[1].output
 
 
 def run_command_for_one_row(command: WatchedProcess, insert_row: Callable[[str], None]) -> None:
@@ -171,7 +171,7 @@ def run_command_for_one_row(command: WatchedProcess, insert_row: Callable[[str],
     try:
         command.wait_output("flash_wal: streaming")
         insert_row("one post")
-        command.wait_line("new post: one post")
+        command.wait_output("new post: one post")
     finally:
         command.proc.send_signal(signal.SIGTERM)
     assert command.wait_exit() == 0, command.output
@@ -186,11 +186,11 @@ def run_dev_server_with_reloader(server: WatchedProcess, watcher_says: str, inse
         started = server.wait_output("started automatically in process")
         assert started.split()[-1] != str(server.proc.pid)  # the child
         insert_row("from the dev server")
-        server.wait_line("new post: from the dev server")
+        server.wait_output("new post: from the dev server")
     finally:
         server.signal_group(signal.SIGINT)  # Ctrl-C in a terminal reaches both processes
     server.wait_exit()
-    assert server.lines.count("new post: from the dev server") == 1
+    assert server.output.count("new post: from the dev server") == 1
     assert "not listening" not in server.output
 
 

@@ -136,8 +136,8 @@ def test_manage_py_flash_wal_delivers_and_stops_cleanly(project, blog, db, stop_
         command.wait_output("flash_wal: streaming public.blog_post")
         post_id = insert_post(blog, "Hello")
         blog.execute("UPDATE blog_post SET published = true WHERE id = %s", (post_id,))
-        command.wait_line("new post: Hello")
-        command.wait_line(f"published: {post_id}")
+        command.wait_output("new post: Hello")
+        command.wait_output(f"published: {post_id}")
         assert db.slots(project.slot) == [(project.slot, True)]
     finally:
         command.proc.send_signal(stop_signal)

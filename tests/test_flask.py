@@ -121,7 +121,7 @@ def test_flask_flash_wal_run_delivers_and_stops_cleanly(example, posts, db, stop
     try:
         command.wait_output("flash_wal: streaming public.posts")
         insert_post(posts, "Hello")
-        command.wait_line("new post: Hello")
+        command.wait_output("new post: Hello")
         assert db.slots(example.slot) == [(example.slot, True)]
     finally:
         command.proc.send_signal(stop_signal)

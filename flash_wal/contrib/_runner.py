@@ -213,8 +213,9 @@ def run_until_stopped(registry: ListenerRegistry, client: Client, announce: Call
         client.start()  # a signal during start() waits in the pipe
         registry._run_here(client)
         config = client.driver.config
+        tables = dict.fromkeys(str(listener.table) for listener in client.listeners)
         announce(
-            f"flash_wal: streaming {', '.join(str(listener.table) for listener in client.listeners) or 'messages'}"
+            f"flash_wal: streaming {', '.join(tables) or 'messages'}"
             f" (slot {config.replication_slot}, publication {config.publication_name});"
             " SIGTERM or Ctrl-C stops"
         )

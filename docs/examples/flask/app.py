@@ -9,7 +9,7 @@ flash = FlashWal()
 
 @flash.on("posts", "insert")
 def post_created(event):
-    print("new post:", event.new["title"], flush=True)
+    print(f"new post: {event.new['title']}", flush=True)
 
 
 def create_app():

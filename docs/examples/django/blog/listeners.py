@@ -5,10 +5,10 @@ from .models import Post
 
 @flash.on(Post, "insert")
 def post_created(event):
-    print("new post:", event.new["title"], flush=True)
+    print(f"new post: {event.new['title']}", flush=True)
 
 
 @flash.on(Post, "update", fields=["id", "published"])
 def post_published(event):
     if event.new["published"]:
-        print("published:", event.new["id"], flush=True)
+        print(f"published: {event.new['id']}", flush=True)
