@@ -240,7 +240,8 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
     Without it, two clients starting at once would both find no slot, and the one that
     lost the race would drop the winner's publication while cleaning up. The lock goes
     with the session, so a killed client's lock is released as soon as the server
-    notices, as its slot is; hence the wait, as in :func:`wait_for_slot`.
+    notices, as its slot is; hence the wait, as in :func:`wait_for_slot`. A client
+    whose query connection had to be reopened (after a server restart) runs without it.
     """
     deadline = time.monotonic() + timeout
     delay = 0.01
