@@ -11,7 +11,7 @@ from .connection import mask_dsn
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
-from .listener import Listener, ListenerConfig
+from .listener import Listener, listener_for
 from .operations import Operation
 from .validators import positive_int, seconds
 
@@ -131,9 +131,7 @@ class Client:
         """
 
         def decorator(func: F) -> F:
-            listener = Listener(ListenerConfig(table=table, **listener_options))
-            listener.on(operations, func)
-            self.attach(listener)
+            self.attach(listener_for(table, operations, func, **listener_options))
             return func
 
         return decorator

@@ -12,6 +12,12 @@ class ConfigurationError(FlashError, ValueError):
     """
 
 
+class SlotInUseError(ConfigurationError):
+    """The replication slot is held by another running client, usually the same
+    program in another process. Give each running client its own ``replication_slot``
+    and ``publication_slot_prefix``, or let one process run the client."""
+
+
 class ProtocolError(FlashError):
     """A pgoutput frame could not be decoded."""
 

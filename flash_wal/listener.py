@@ -243,6 +243,16 @@ class Listener:
         return f"<Listener {self.config.table!r} fields={list(self.config.fields)!r}>"
 
 
+def listener_for(
+    table: str, operations: Union[Operation, str], callback: Callback, **listener_options: Any
+) -> Listener:
+    """A listener on ``table`` calling ``callback`` for ``operations``: what the ``on``
+    decorators of the client and of the framework integrations attach."""
+    listener = Listener(ListenerConfig(table=table, **listener_options))
+    listener.on(operations, callback)
+    return listener
+
+
 def _as_operation(operations: Union[Operation, str, Sequence[str]]) -> Operation:
     if isinstance(operations, Operation):
         result = operations

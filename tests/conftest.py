@@ -7,9 +7,11 @@ directory of any other installation, and ``FLASH_WAL_TEST_DSN`` runs against an
 existing server instead (a superuser DSN on a server with ``wal_level=logical``).
 """
 
+import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,14 +70,15 @@ class Recorder:
         return len(self.events)
 
 
-class ConsumerProcess:
-    """``tests/consumer.py`` in a process of its own, so that SIGKILL is real."""
+class WatchedProcess:
+    """A subprocess whose output lines (stdout and stderr together) are collected as
+    they come, to be waited on with deadlines."""
 
-    def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
+    def __init__(self, argv: List[str], *, cwd: str = ROOT, env: Optional[dict] = None) -> None:
         self.lines: List[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, *options],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # a signal to its group reaches its children too
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -84,25 +87,141 @@ class ConsumerProcess:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
     def wait_line(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.lines or self.proc.poll() is not None, timeout, f"{text!r} from the consumer")
-        assert text in self.lines, "\n".join(self.lines)
+        """Wait for a line that is exactly ``text``."""
+        self._wait(lambda: text in self.lines, timeout, repr(text))
+
+    def _wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        try:
+            wait_for(lambda: predicate() or self.proc.poll() is not None, timeout, f"{what} from the process")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its output:\n{self.output}") from None
+        found = predicate()
+        assert found, f"the process exited ({self.proc.returncode}) before {what}:\n{self.output}"
+        return found
+
+    def wait_output(self, fragment: str, timeout: float = 30) -> str:
+        """Wait for a line containing ``fragment``; returns that line."""
+        return self._wait(lambda: next((line for line in list(self.lines) if fragment in line), None), timeout, repr(fragment))
+
+    def signal_group(self, number: int) -> None:
+        os.killpg(self.proc.pid, number)
 
     def wait_exit(self, timeout: float = 30) -> int:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
-            wait_for(lambda: any("most recent call first" in line for line in self.lines), 5, "the stacks")
+            self.dump_stacks()
             self.kill()
-            raise AssertionError("the consumer did not exit:\n" + "\n".join(self.lines)) from None
+            raise AssertionError("the process did not exit:\n" + self.output) from None
         self._reader.join(10)
         return code
 
+    def dump_stacks(self) -> None:
+        """Add the stacks of a process that hangs to its output, if it can print them."""
+
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._reader.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get_body(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as http:
+        http.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        return http.makefile("rb").read().partition(b"\r\n\r\n")[2]
+
+
+def run_two_autostarted_workers(
+    start_worker: Callable[[], WatchedProcess], slot: str, insert_row: Callable[[str], None]
+) -> None:
+    """Two web workers of an app whose flash_wal starts automatically: the first
+    listens, the second logs that the slot is in use and serves all the same; both
+    exit with status 0 on SIGTERM. The app's listener prints ``new post: <title>``."""
+    workers = [start_worker()]
+    try:
+        workers[0].wait_output("serving")
+        workers[0].wait_output("started automatically in process")
+        workers.append(start_worker())
+        warning = workers[1].wait_output("not listening in this process")
+        assert f"replication slot '{slot}' is in use by another running instance" in warning
+        assert http_get_body(int(workers[1].wait_output("serving").split()[1])) == b"ok"
+        insert_row("one worker")
+        workers[0].wait_output("new post: one worker")
+    finally:
+        for worker in workers:
+            worker.proc.send_signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait_exit() == 0, worker.output
+    assert "new post: one worker" not in workers[1].output
+
+
+def run_command_for_one_row(command: WatchedProcess, insert_row: Callable[[str], None]) -> None:
+    """A ``flash_wal``/``flash-wal run`` command until its listener printed
+    ``new post: <title>`` for one row, then SIGTERM; it must exit with status 0."""
+    try:
+        command.wait_output("flash_wal: streaming")
+        insert_row("one post")
+        command.wait_output("new post: one post")
+    finally:
+        command.proc.send_signal(signal.SIGTERM)
+    assert command.wait_exit() == 0, command.output
+
+
+def run_dev_server_with_reloader(server: WatchedProcess, watcher_says: str, insert_row: Callable[[str], None]) -> None:
+    """A development server with its autoreloader, and flash_wal starting
+    automatically: the watcher process (``server``) does not start the client, its
+    serving child does, and exactly once; Ctrl-C ends both."""
+    try:
+        server.wait_output(f"not starting automatically: {watcher_says}")
+        started = server.wait_output("started automatically in process")
+        assert started.split()[-1] != str(server.proc.pid)  # the child
+        insert_row("from the dev server")
+        server.wait_output("new post: from the dev server")
+    finally:
+        server.signal_group(signal.SIGINT)  # Ctrl-C in a terminal reaches both processes
+    server.wait_exit()
+    assert server.output.count("new post: from the dev server") == 1
+    assert "not listening" not in server.output
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., WatchedProcess]]:
+    """``spawn(argv, cwd=..., env=...)`` starts a WatchedProcess; one still running
+    after the test (which failed, then) is killed."""
+    started: List[WatchedProcess] = []
+
+    def start(argv: List[str], **options: Any) -> WatchedProcess:
+        process = WatchedProcess(argv, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
+
+
+class ConsumerProcess(WatchedProcess):
+    """``tests/consumer.py`` in a process of its own, so that SIGKILL is real."""
+
+    def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
+        super().__init__([sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, *options])
+
+    def dump_stacks(self) -> None:
+        self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+        wait_for(lambda: any("most recent call first" in line for line in self.lines), 5, "the stacks")
 
 
 class Database:

@@ -3,16 +3,18 @@ and a failed start leaves nothing behind."""
 
 import os
 import socket
+import threading
 import time
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-from flash_wal import Client, ConfigurationError, FlashError, Listener
-from flash_wal.drivers.wal_logical import Driver, DriverConfig
+from flash_wal import Client, ConfigurationError, FlashError, Listener, Operation
+from flash_wal.drivers.wal_logical import Driver, DriverConfig, server
+from flash_wal.errors import SlotInUseError
 
-from .conftest import Database, wait_for
+from .conftest import Database, Recorder, wait_for
 
 needs_own_server = pytest.mark.skipif(
     bool(os.environ.get("FLASH_WAL_TEST_DSN")), reason="needs a server the tests start themselves"
@@ -86,11 +88,65 @@ def test_slot_in_use_by_another_running_instance(make_client, make_table, db, un
     first.start()
     second = Client(database_cnx=db.dsn, driver=driver_for(name))
     second.on(table)(lambda event: None)
-    with pytest.raises(ConfigurationError, match="in use by another running instance"):
+    with pytest.raises(SlotInUseError, match="in use by another running instance"):
         second.start()
     # the failed start removed nothing of the running instance
     assert db.slots(name) == [(name, True)]
     assert db.publications(f"pub_{name}") != []
+
+
+def test_clients_starting_at_once_with_one_slot(make_table, db, unique, dsn):
+    """Web workers booting together: one streams, the others get SlotInUseError, and
+    their failed starts leave the winner's publication alone."""
+    table = make_table()
+    name = f"flash_{unique}"
+    barrier = threading.Barrier(4)
+    winners, losers = [], []
+
+    def start() -> None:
+        client = Client(database_cnx=dsn, driver=driver_for(name))
+        recorder = Recorder()
+        client.on(table, Operation.INSERT)(recorder)
+        barrier.wait()
+        try:
+            client.start()
+        except SlotInUseError as exc:
+            losers.append(exc)
+        else:
+            winners.append((client, recorder))
+
+    threads = [threading.Thread(target=start) for _ in range(barrier.parties)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(winners) == 1 and len(losers) == 3, (winners, losers)
+    client, recorder = winners[0]
+    try:
+        db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('after the race')").format(sql.Identifier(table)))
+        assert recorder.wait(1)[0].new["title"] == "after the race"
+    finally:
+        client.close()
+    assert_nothing_left(db, name)
+
+
+def test_slot_of_an_instance_still_starting_is_in_use(make_table, db, unique):
+    table = make_table()
+    name = f"flash_{unique}"
+    # What a client holds from the beginning of start(), before its slot exists.
+    db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (server.SLOT_LOCK, name))
+    client = Client(database_cnx=db.dsn, driver=driver_for(name))
+    client.on(table)(lambda event: None)
+    with pytest.raises(SlotInUseError, match="starting or reconnecting"):
+        client.start()
+    assert_nothing_left(db, name)
+    db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (server.SLOT_LOCK, name))
+    # Once the other instance has gone, the slot is free.
+    retry = Client(database_cnx=db.dsn, driver=driver_for(name))
+    retry.on(table)(lambda event: None)
+    with retry:
+        assert db.slots(name) == [(name, True)]
+    assert_nothing_left(db, name)
 
 
 def test_role_without_replication(make_client, make_table, db, unique):

@@ -11,7 +11,7 @@ import psycopg2.errorcodes
 
 from ...connection import connect, mask_dsn
 from ...dispatcher import Dispatcher
-from ...errors import ConfigurationError, FlashError
+from ...errors import ConfigurationError, FlashError, SlotInUseError
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
@@ -318,11 +318,20 @@ class Driver(base.Driver):
     def _claim_slot(self, cursor: Any) -> bool:
         """Make the slot ours to use; True when an existing slot is resumed."""
         slot = self.config.replication_slot
-        state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
+        if server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout):
+            state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
+        else:
+            state = server.slot_state(cursor, slot)
+            if state is None or state.active_pid is None:
+                raise SlotInUseError(
+                    f"replication slot {slot!r} is in use by another running instance (it is "
+                    "starting or reconnecting); give each instance its own replication_slot "
+                    "and publication_slot_prefix, or stop the other one"
+                )
         if state is None:
             return False
         if state.active_pid is not None:
-            raise ConfigurationError(
+            raise SlotInUseError(
                 f"replication slot {slot!r} is in use by another running instance (walsender "
                 f"pid {state.active_pid}); give each instance its own replication_slot and "
                 "publication_slot_prefix, or stop the other one"

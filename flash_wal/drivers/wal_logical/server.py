@@ -284,6 +284,33 @@ def slot_state(cursor, slot: str) -> Optional[SlotState]:
     return None if row is None else SlotState(*row)
 
 
+#: First key of the advisory lock a client holds on its slot name, from the start of
+#: start() until it closes (the second key is the name's hash). Any int4: "flsh".
+SLOT_LOCK = 0x666C7368
+
+
+def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
+    """Take the slot's advisory lock for this session; False if another session still
+    held it after ``timeout`` seconds.
+
+    Without it, two clients starting at once would both find no slot, and the one that
+    lost the race would drop the winner's publication while cleaning up. The lock goes
+    with the session, so a killed client's lock is released as soon as the server
+    notices, as its slot is; hence the wait, as in :func:`wait_for_slot`. A client
+    whose query connection had to be reopened (after a server restart) runs without it.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))", (SLOT_LOCK, slot))
+        if cursor.fetchone()[0]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
     """Wait until the slot is inactive (or, with ``gone``, no longer exists).
 

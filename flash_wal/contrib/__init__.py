@@ -1,0 +1,1 @@
+"""Integrations with web frameworks: :mod:`flash_wal.contrib.django` and :mod:`flash_wal.contrib.flask`."""
