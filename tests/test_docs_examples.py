@@ -21,6 +21,7 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
+from flash_wal import Client
 from flash_wal.cli import LISTEN_SLOT
 from flash_wal.connection import mask_dsn
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
@@ -34,6 +35,8 @@ PAGES = sorted(glob.glob(os.path.join(DOCS, "*.rst")))
 SHELL_EXAMPLES = ["published-titles", "price-changes", "durable-audit", "durable-cleanup"]
 #: Python examples that are fragments of a program, run by a test of their own.
 FRAGMENTS = {"logging_setup.py"}
+#: The SQL of the server set-up page, run by test_server_setup_sql.
+SERVER_SETUP_SQL = ["wal_level.sql", "listening_role.sql", "what_is_there.sql"]
 STANDALONE = sorted(
     path for path in glob.glob(os.path.join(EXAMPLES, "*.py")) if os.path.basename(path) not in FRAGMENTS
 )
@@ -65,11 +68,14 @@ def test_docs_have_no_untested_python():
 def test_every_example_file_is_shown_in_the_docs_and_run_here():
     shown = set()
     for page in PAGES:
-        shown.update(re.findall(r"^\.\. literalinclude:: examples/(\S+)$", _page(page), re.M))
-    files = set(os.listdir(EXAMPLES))
-    assert files == shown
+        shown.update(re.findall(r"^\s*\.\. literalinclude:: examples/(\S+)$", _page(page), re.M))
+    # The Django project and the Flask app (subdirectories) are run by test_django.py
+    # and test_flask.py.
+    files = {name for name in os.listdir(EXAMPLES) if os.path.isfile(os.path.join(EXAMPLES, name))}
+    assert files == {name for name in shown if "/" not in name}
     run_here = {f"{name}.{ext}" for name in SHELL_EXAMPLES for ext in ("sh", "sql", "out")}
     run_here |= {"posts.sql", "logging_setup.py", "logging_setup.out"}
+    run_here |= set(SERVER_SETUP_SQL)
     for path in STANDALONE:
         run_here |= {f"{_name(path)}.py", f"{_name(path)}.out"}
     assert files <= run_here
@@ -185,3 +191,53 @@ def test_logging_example_logs_what_the_docs_show(empty_posts, db, dsn_with_passw
     shown = run.stderr.replace(mask_dsn(uri), "postgresql://app:***@db.example.com/app")
     shown = re.sub(r"pgoutput protocol \d", "pgoutput protocol 4", shown)  # 3 on PostgreSQL 15
     assert shown == example("logging_setup.out")
+
+
+def _statements(name: str):
+    return [statement for statement in example(name).split(";\n") if statement.strip()]
+
+
+def test_server_setup_sql(db, dsn):
+    # wal_level: the test server has it already; the statement only writes
+    # postgresql.auto.conf, which takes effect at a restart, and is undone here.
+    try:
+        for statement in _statements("wal_level.sql"):
+            db.execute(statement)
+        assert db.fetchone(
+            "SELECT setting FROM pg_catalog.pg_file_settings WHERE name = 'wal_level' AND applied IS NOT NULL"
+            " ORDER BY seqno DESC LIMIT 1"
+        ) == ("logical",)
+    finally:
+        db.execute("ALTER SYSTEM RESET wal_level")
+
+    # The role for listening: made as the page says, in a database named appdb there.
+    database = "docs_example_appdb"
+    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    db.execute("DROP ROLE IF EXISTS app_listener")
+    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    owner_dsn = psycopg2.extensions.make_dsn(dsn, dbname=database)
+    listener_dsn = psycopg2.extensions.make_dsn(owner_dsn, user="app_listener", password="change me")
+    try:
+        # Not "with connection:": since psycopg2 2.9 that opens a transaction even in
+        # autocommit mode, and the role must exist for the client's connections.
+        owner = psycopg2.connect(owner_dsn)
+        owner.autocommit = True
+        cur = owner.cursor()
+        cur.execute("CREATE TABLE posts (id int PRIMARY KEY, title text)")
+        for statement in _statements("listening_role.sql"):
+            cur.execute(statement.replace("appdb", database))
+        received = []
+        client = Client(database_cnx=listener_dsn)
+        client.on("posts", "insert")(received.append)
+        with client:
+            cur.execute("INSERT INTO posts VALUES (1, 'as app_listener')")
+            wait_for(lambda: received, what="the insert, delivered to app_listener")
+            # What is there, while a client runs.
+            for statement in _statements("what_is_there.sql"):
+                cur.execute(statement)
+                assert cur.fetchall() is not None
+        assert received[0].new == {"id": 1, "title": "as app_listener"}
+        owner.close()
+    finally:
+        db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        db.execute("DROP ROLE IF EXISTS app_listener")

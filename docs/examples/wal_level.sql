@@ -1,0 +1,1 @@
+ALTER SYSTEM SET wal_level = logical;   -- then restart PostgreSQL
