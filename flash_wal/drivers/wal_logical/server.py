@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import attr
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from ...decoding import TypeCasters, lookup_types_with
@@ -298,17 +299,27 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
     with the session, so a killed client's lock is released as soon as the server
     notices, as its slot is; hence the wait, as in :func:`wait_for_slot`. A client
     whose query connection had to be reopened (after a server restart) runs without it.
+
+    The server does the waiting (``lock_timeout``, set for this transaction only), so a
+    lock released meanwhile is taken at once; a session-level advisory lock outlives the
+    transaction it was taken in.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))", (SLOT_LOCK, slot))
-        if cursor.fetchone()[0]:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+    cursor.execute("BEGIN")
+    try:
+        # At least 1 ms: a lock_timeout of 0 would wait for ever.
+        cursor.execute(
+            "SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{max(int(timeout * 1000), 1)}ms",)
+        )
+        cursor.execute("SELECT pg_catalog.pg_advisory_lock(%s, pg_catalog.hashtext(%s))", (SLOT_LOCK, slot))
+    except psycopg2.errors.LockNotAvailable:
+        cursor.execute("ROLLBACK")
+        return False
+    except BaseException:
+        if not cursor.connection.closed:
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+    return True
 
 
 def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
