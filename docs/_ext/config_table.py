@@ -8,7 +8,7 @@ shown, for factories and for numbers better read in units.
 """
 
 import importlib
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import attr
 from docutils import nodes
@@ -20,9 +20,20 @@ from sphinx.util.docutils import SphinxDirective
 logger = logging.getLogger(__name__)
 
 
-def _import(path: str) -> Any:
+def import_config_class(path: str) -> Any:
     module_name, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)
+
+
+def documented_fields(cls: Any) -> "List[Tuple[attr.Attribute[Any], List[str]]]":
+    """Each field a user sets (``init``), with the non-blank lines of its ``#:`` comment
+    (empty when it has none)."""
+    docs = ModuleAnalyzer.for_module(cls.__module__).find_attr_docs()
+    return [
+        (field, [line for line in docs.get((cls.__name__, field.name), []) if line.strip()])
+        for field in attr.fields(cls)
+        if field.init
+    ]
 
 
 def _shown_default(field: "attr.Attribute[Any]") -> str:
@@ -40,8 +51,7 @@ class ConfigTable(SphinxDirective):
 
     def run(self) -> List[nodes.Node]:
         path = self.arguments[0]
-        cls = _import(path)
-        docs = ModuleAnalyzer.for_module(cls.__module__).find_attr_docs()
+        cls = import_config_class(path)
         lines = [
             f".. list-table:: ``{path}``",
             "   :header-rows: 1",
@@ -51,10 +61,7 @@ class ConfigTable(SphinxDirective):
             "     - Default",
             "     - Meaning",
         ]
-        for field in attr.fields(cls):
-            if not field.init:
-                continue
-            meaning = [line for line in docs.get((cls.__name__, field.name), []) if line.strip()]
+        for field, meaning in documented_fields(cls):
             if not meaning:
                 logger.warning("%s.%s has no #: comment to document it", path, field.name,
                                location=self.get_location())
