@@ -89,6 +89,7 @@ class Client:
         self._dispatcher = Dispatcher(on_error=config.on_error, max_queued_events=config.max_queued_events)
         self._state = "new"
         self._done = threading.Event()
+        self._closed = threading.Event()
         self._fatal: Optional[BaseException] = None
 
     # --- listeners --------------------------------------------------------------------
@@ -174,6 +175,7 @@ class Client:
                     list(self._listeners),
                     shutdown_timeout=self.config.shutdown_timeout,
                     on_fatal=self._on_fatal,
+                    on_tables_gone=self._tables_gone,
                 )
             except BaseException:
                 self._state = "closed"
@@ -193,13 +195,31 @@ class Client:
         return finished
 
     def close(self) -> None:
-        """Stop streaming, drain in-flight callbacks within shutdown_timeout, clean up."""
+        """Stop streaming, drain in-flight callbacks within shutdown_timeout, clean up.
+
+        Called from a callback, it returns at once: no other callback starts, and the
+        client finishes closing as soon as that callback has returned.
+        """
         with self._lock:
             if self._state in ("new", "closed"):
                 self._state = "closed"
                 self._done.set()
+                self._closed.set()
                 return
+            closing = self._state == "closing"
             self._state = "closing"
+        if closing:  # another thread is closing it: wait for that, unless in a callback
+            if not self._dispatcher.in_callback():
+                self._closed.wait()
+            return
+        if self._dispatcher.in_callback():
+            self._dispatcher.close()
+            self.driver.stop_soon()
+            threading.Thread(target=self._finish_closing, name="flash_wal-close", daemon=True).start()
+            return
+        self._finish_closing()
+
+    def _finish_closing(self) -> None:
         try:
             if not self.driver.close():
                 logger.warning(
@@ -210,6 +230,7 @@ class Client:
             self._dispatcher.close()
             self._state = "closed"
             self._done.set()
+            self._closed.set()
             logger.info(
                 "closed: %d events delivered, %d callbacks failed",
                 self._dispatcher.tracker.events_delivered, self._dispatcher.callbacks_failed,
@@ -228,8 +249,20 @@ class Client:
             "state": "closed" if self._fatal else {"new": "starting", "closing": "closed"}.get(self._state, self._state),
         }
         if self._state == "streaming" and not self._fatal:
-            figures.update(self.driver.stats())
+            try:
+                figures.update(self.driver.stats())
+            except Exception:  # stats() never raises: what it cannot read is None
+                logger.debug("driver figures unavailable", exc_info=True)
         return figures
+
+    def _tables_gone(self, tables: Any) -> None:
+        """Detach the listeners of tables dropped or renamed while streaming."""
+        with self._lock:
+            if self._state != "streaming":
+                return
+            gone = [listener for listener in self._listeners if listener.table in set(tables)]
+            if gone:
+                self.detach(*gone)
 
     def _on_fatal(self, exc: BaseException) -> None:
         logger.error("replication failed: %s", exc)

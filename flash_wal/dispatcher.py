@@ -1,7 +1,8 @@
 """Fan-out of decoded changes to listeners, and the bookkeeping behind acknowledgement.
 
-The replication thread calls :meth:`Dispatcher.begin`, :meth:`Dispatcher.dispatch`
-and :meth:`Dispatcher.commit`; nothing else does. It turns each change into one event
+The replication thread calls :meth:`Dispatcher.begin`, :meth:`Dispatcher.change`
+and :meth:`Dispatcher.commit` (the :class:`~flash_wal.drivers.base.Sink` calls);
+nothing else does. It turns each change into one event
 per interested listener and hands the events to that listener's workers in batches,
 so the cost of crossing threads is paid per batch, not per event.
 
@@ -17,6 +18,7 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from .drivers.base import Sink
 from .events import Event, MessageEvent, TruncateEvent, build_delete, build_insert, build_update
 from .listener import Listener, TableName
 from .operations import Operation
@@ -32,11 +34,13 @@ INSERT, UPDATE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.TRUNCAT
 #: Events a max_parallel=1 listener gets per hand-off at most.
 BATCH_SIZE = 256
 
+_in_callback = threading.local()  # .active: this worker thread is running a task
+
 
 class Transaction:
     """A transaction being delivered: what it is, and how much of it is still running."""
 
-    __slots__ = ("commit_lsn", "end_lsn", "xid", "commit_time", "pending", "closed")
+    __slots__ = ("commit_lsn", "end_lsn", "xid", "commit_time", "pending", "closed", "cut_short")
 
     def __init__(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> None:
         self.commit_lsn = commit_lsn
@@ -45,6 +49,7 @@ class Transaction:
         self.commit_time = commit_time
         self.pending = 0  # tasks handed to workers and not finished yet
         self.closed = False  # its Commit has been read
+        self.cut_short = False  # events of it were not run (closing): never acknowledged
 
 
 class AckTracker:
@@ -71,12 +76,17 @@ class AckTracker:
             self._tasks += 1
             self._queued_events += events
 
-    def task_done(self, txn: Transaction, events: int) -> None:
+    def task_done(self, txn: Transaction, events: int, delivered: Optional[int] = None) -> None:
+        """A task of ``events`` events has run; ``delivered`` of them, when it stopped short."""
         with self._lock:
             txn.pending -= 1
             self._tasks -= 1
             self._queued_events -= events
-            self.events_delivered += events
+            if delivered is None:
+                self.events_delivered += events
+            else:
+                self.events_delivered += delivered
+                txn.cut_short = True
             if txn.closed and not txn.pending:
                 self._advance()
             self._changed.notify_all()
@@ -91,7 +101,7 @@ class AckTracker:
     def _advance(self) -> None:
         open_txns = self._open
         acked = self.acked_lsn
-        while open_txns and open_txns[0].closed and not open_txns[0].pending:
+        while open_txns and open_txns[0].closed and not open_txns[0].pending and not open_txns[0].cut_short:
             done = open_txns.popleft()
             if done.end_lsn > acked:
                 acked = done.end_lsn
@@ -100,15 +110,19 @@ class AckTracker:
             if self.on_advance is not None:
                 self.on_advance()
 
-    def abandon_open(self) -> None:
-        """Forget the transactions whose Commit was not read (the connection was lost):
-        they will never be acknowledged, and must not hold back those after them."""
+    def abandon(self, txn: Transaction) -> None:
+        """Forget a transaction whose Commit will never be read: it is never
+        acknowledged, and holds back those after it only until its tasks have run."""
         with self._lock:
-            for txn in self._open:
-                if not txn.closed:
-                    txn.closed = True
-                    txn.end_lsn = 0
+            txn.closed = True
+            txn.end_lsn = 0
             self._advance()
+            self._changed.notify_all()
+
+    @property
+    def settled(self) -> bool:
+        """Every transaction begun has been acknowledged."""
+        return not self._open
 
     @property
     def queued_events(self) -> int:
@@ -119,9 +133,10 @@ class AckTracker:
         with self._lock:
             return self._changed.wait_for(lambda: not self._tasks, timeout)
 
-    def wait_for_room(self, limit: int, timeout: float) -> bool:
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep until a task finishes (or :meth:`wake`), at most ``timeout`` seconds."""
         with self._lock:
-            return self._changed.wait_for(lambda: self._queued_events < limit, timeout)
+            self._changed.wait(timeout)
 
     def wake(self) -> None:
         with self._lock:
@@ -273,7 +288,7 @@ class MessageRoute:
         return tuple(callback for prefix, callback in self.handlers if event.prefix.startswith(prefix))
 
 
-class Dispatcher:
+class Dispatcher(Sink):
     """Routes changes to attached listeners and runs their callbacks on worker threads."""
 
     def __init__(self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000) -> None:
@@ -288,6 +303,7 @@ class Dispatcher:
         self.callbacks_failed = 0
         self._started_batches: List[Any] = []  # routes with pending events (replication thread)
         self._messages = MessageRoute(_Workers("messages", 1, self._run))
+        self._closing = False
 
     # --- listeners (any thread) -------------------------------------------------------
 
@@ -336,7 +352,35 @@ class Dispatcher:
         self.tracker.begin(txn)
         return txn
 
-    def dispatch(
+    def abandon(self, txn: Transaction) -> None:
+        self.tracker.abandon(txn)
+
+    @property
+    def acked_lsn(self) -> int:  # type: ignore[override]
+        return self.tracker.acked_lsn
+
+    @property
+    def settled(self) -> bool:
+        return self.tracker.settled
+
+    @property
+    def queued_events(self) -> int:
+        return self.tracker.queued_events
+
+    @property
+    def on_acknowledged(self) -> Optional[Callable[[], None]]:  # type: ignore[override]
+        return self.tracker.on_advance
+
+    @on_acknowledged.setter
+    def on_acknowledged(self, callback: Optional[Callable[[], None]]) -> None:
+        self.tracker.on_advance = callback
+
+    def wait_for_room(self, timeout: float) -> bool:
+        if not self.has_room():
+            self.tracker.wait_for_change(timeout)
+        return self.has_room()
+
+    def change(
         self, txn: Transaction, routes: Tuple[Route, ...], operation: Operation, table: str, lsn: int,
         old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
     ) -> None:
@@ -373,7 +417,7 @@ class Dispatcher:
             if len(pending) >= route.batch_size:
                 self._hand_off(route)
 
-    def dispatch_truncate(
+    def truncate(
         self, txn: Transaction, routes: Tuple[Route, ...], table: str, lsn: int,
         cascade: bool, restart_identity: bool,
     ) -> None:
@@ -387,7 +431,7 @@ class Dispatcher:
             if txn.commit_lsn > route.since_lsn and route.active and route.listener.callbacks_for(TRUNCATE):
                 self._add_pending(route, txn, event)
 
-    def dispatch_message(self, txn: Transaction, event: MessageEvent) -> None:
+    def message(self, txn: Transaction, event: MessageEvent) -> None:
         route = self._messages
         if route.callbacks_for(event):
             self._add_pending(route, txn, event)
@@ -426,9 +470,13 @@ class Dispatcher:
     def _run(self, task: _Task) -> None:
         route = task.route
         callbacks_for = route.callbacks_for
+        delivered = None
+        _in_callback.active = True
         try:
-            for event in task.events:
-                if not route.active:  # detached: not one more call
+            for index, event in enumerate(task.events):
+                if not route.active:  # detached, or the client closed: not one more call
+                    if self._closing:
+                        delivered = index  # the rest is not delivered: never acknowledged
                     break
                 for callback in callbacks_for(event):
                     try:
@@ -438,7 +486,8 @@ class Dispatcher:
                         # on, or the listener's worker would die with its queue.
                         self._callback_failed(exc, event, callback)
         finally:
-            self.tracker.task_done(task.txn, len(task.events))
+            _in_callback.active = False
+            self.tracker.task_done(task.txn, len(task.events), delivered)
 
     def _callback_failed(self, exc: BaseException, event: Event, callback: Any) -> None:
         with self._lock:
@@ -455,8 +504,19 @@ class Dispatcher:
     def drain(self, timeout: Optional[float]) -> bool:
         return self.tracker.wait_drained(timeout)
 
+    def wake(self) -> None:
+        self.tracker.wake()
+
+    def in_callback(self) -> bool:
+        """Whether the calling thread is one of ours, running a callback."""
+        return getattr(_in_callback, "active", False)
+
     def close(self) -> None:
+        """No callback starts from now on. Queued events are dropped, and their
+        transactions are never acknowledged."""
         with self._lock:
+            self._closing = True
             routes = list(self._by_listener.values()) + [self._messages]
         for route in routes:
+            route.active = False
             route.workers.close()

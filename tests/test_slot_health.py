@@ -21,8 +21,7 @@ def published_tables(db, publication):
         "SELECT tablename::text FROM pg_publication_tables WHERE pubname = %s", (publication,))}
 
 
-@pytest.mark.parametrize("harm", ["drop", "alter"])
-def test_publication_harmed_while_streaming_is_restored_on_reconnect(make_client, make_table, db, unique, harm):
+def test_publication_dropped_while_streaming_is_restored_on_reconnect(make_client, make_table, db, unique):
     table, other = make_table(), make_table()
     recorder = Recorder()
     client = make_client()
@@ -32,11 +31,7 @@ def test_publication_harmed_while_streaming_is_restored_on_reconnect(make_client
     with client:
         insert(db, table, "before")
         recorder.wait(1)
-        if harm == "drop":
-            db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
-        else:
-            db.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-                sql.Identifier(config.publication_name), sql.Identifier(table)))
+        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
         db.terminate_walsender(config.replication_slot)
         wait_for(lambda: client.stats()["reconnects"] == 1 and client.stats()["state"] == "streaming",
                  what="the reconnect")
@@ -46,6 +41,57 @@ def test_publication_harmed_while_streaming_is_restored_on_reconnect(make_client
         events = recorder.wait(3)
     # Two listeners: no order between them.
     assert sorted(e.new["title"] for e in events) == ["after", "before", "other after"]
+
+
+def test_publication_dropped_with_changes_meanwhile_stops_the_client(make_client, make_table, db):
+    """The server decodes the changes made while the publication was missing without
+    it, and skips them (PostgreSQL 18, with a warning) or fails (before): either way
+    the client stops with an error rather than going on past them."""
+    table = make_table()
+    recorder = Recorder()
+    client = make_client(driver=Driver(DriverConfig(
+        publication_slot_prefix=f"pub_{table}", replication_slot=f"flash_{table}", status_interval=1)))
+    client.on(table, Operation.INSERT)(recorder)
+    config = client.driver.config
+    with client:
+        insert(db, table, "before")
+        recorder.wait(1)
+        acked = client.stats()["last_acked_lsn"]
+        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
+        insert(db, table, "skipped by the server")
+        with pytest.raises(ReplicationError, match="publication"):
+            client.wait(20)
+        assert client.stats()["state"] == "closed"
+    assert [e.new["title"] for e in recorder.events] == ["before"]
+    assert client.stats()["last_acked_lsn"] == acked
+
+
+def test_table_taken_out_of_the_publication_stops_the_client(make_client, make_table, db):
+    """No warning tells a table removed from the publication: the server just stops
+    sending its changes. The client checks the publication before it confirms WAL,
+    and stops, naming the table, instead of confirming past changes it never got."""
+    table, other = make_table(), make_table()
+    recorder = Recorder()
+    driver = Driver(DriverConfig(publication_slot_prefix=f"pub_{table}", replication_slot=f"flash_{table}",
+                                 status_interval=1, durable=True))
+    client = make_client(driver=driver)
+    client.on(table, Operation.INSERT)(recorder)
+    client.on(other, Operation.INSERT)(recorder)
+    config = client.driver.config
+    with client:
+        insert(db, table, "before")
+        recorder.wait(1)
+        db.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            sql.Identifier(config.publication_name), sql.Identifier(table)))
+        gap_start = db.fetchone("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0]
+        insert(db, table, "not sent")
+        insert(db, other, "sent")
+        with pytest.raises(ReplicationError, match=f"table public.{table} was removed from publication"):
+            client.wait(20)
+        confirmed = db.fetchone("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
+                                " WHERE slot_name = %s", (config.replication_slot,))[0]
+        assert confirmed <= gap_start  # never confirmed past what the server left out
+    driver.drop(db.dsn)
 
 
 def test_durable_slot_whose_publication_was_dropped_is_a_clear_error(

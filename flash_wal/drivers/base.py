@@ -1,18 +1,94 @@
-"""The interface between the client and a source of changes.
+"""The interfaces between the client and a source of changes.
 
 A driver owns everything server-side: connections, replication, the objects it creates
-on the server. The client owns listeners and the :class:`~flash_wal.dispatcher.Dispatcher`
-and calls the driver in this order: ``start`` once, ``listen`` whenever the set of
-listeners changes while running, ``close`` once.
+on the server. The client owns listeners and the sink that the driver writes changes
+to (the :class:`~flash_wal.dispatcher.Dispatcher`), and calls the driver in this order:
+``start`` once, ``listen`` whenever the set of listeners changes while running,
+``close`` once.
 """
 
 import abc
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-from ..dispatcher import Dispatcher
-from ..listener import Listener
+from ..listener import Listener, TableName
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "Sink"]
+
+
+class Sink(abc.ABC):
+    """Where a driver's replication thread puts what it reads, and learns what it may
+    acknowledge. Only that thread calls the methods that take a transaction."""
+
+    #: The newest position up to which every transaction's callbacks have returned.
+    acked_lsn: int
+
+    @abc.abstractmethod
+    def routes_for(self, table: TableName) -> Sequence[Any]:
+        """Who wants changes of ``table`` now (empty: skip decoding them)."""
+
+    @property
+    @abc.abstractmethod
+    def wants_messages(self) -> bool:
+        """Whether logical decoding messages have any callback."""
+
+    @abc.abstractmethod
+    def begin(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> Any:
+        """A transaction starts; returns the handle the other calls take."""
+
+    @abc.abstractmethod
+    def change(self, txn: Any, routes: Sequence[Any], operation: Any, table: str, lsn: int,
+               old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> None:
+        """An INSERT, UPDATE or DELETE of ``txn``, for ``routes``."""
+
+    @abc.abstractmethod
+    def truncate(self, txn: Any, routes: Sequence[Any], table: str, lsn: int,
+                 cascade: bool, restart_identity: bool) -> None:
+        """A TRUNCATE of one table of ``txn``."""
+
+    @abc.abstractmethod
+    def message(self, txn: Any, event: Any) -> None:
+        """A logical decoding message."""
+
+    @abc.abstractmethod
+    def commit(self, txn: Any, end_lsn: int) -> None:
+        """``txn`` was received whole; acknowledge it at ``end_lsn`` once it is done."""
+
+    @abc.abstractmethod
+    def abandon(self, txn: Any) -> None:
+        """``txn`` will not be received whole: never acknowledge it, nor wait for it."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Hand what is batched to the callbacks (the stream went quiet)."""
+
+    @abc.abstractmethod
+    def has_room(self) -> bool:
+        """False while the callbacks are too far behind to read more."""
+
+    @abc.abstractmethod
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait until :meth:`has_room`, or until callbacks finish any work; False on timeout."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Wake a thread waiting in :meth:`wait_for_room` or :meth:`drain`."""
+
+    @abc.abstractmethod
+    def drain(self, timeout: Optional[float]) -> bool:
+        """Wait until every callback handed work has returned; False on timeout."""
+
+    @property
+    @abc.abstractmethod
+    def settled(self) -> bool:
+        """Whether every transaction begun has been acknowledged."""
+
+    @property
+    @abc.abstractmethod
+    def queued_events(self) -> int:
+        """Events handed to callbacks and not finished."""
+
+    #: Called, from any thread and without blocking, whenever acked_lsn moves.
+    on_acknowledged: Optional[Callable[[], None]]
 
 
 class Driver(abc.ABC):
@@ -22,17 +98,19 @@ class Driver(abc.ABC):
     def start(
         self,
         database_cnx: str,
-        dispatcher: Dispatcher,
+        sink: Sink,
         listeners: Sequence[Listener],
         *,
         shutdown_timeout: float,
         on_fatal: Callable[[BaseException], None],
+        on_tables_gone: Callable[[Iterable[TableName]], None],
     ) -> None:
-        """Check the server, set it up and start streaming into ``dispatcher``.
+        """Check the server, set it up and start streaming into ``sink``.
 
         Returns once changes committed from now on will be delivered. Raises a
         :class:`~flash_wal.FlashError` and leaves nothing behind on failure. Errors
-        after that go to ``on_fatal``, from the driver's own thread.
+        after that go to ``on_fatal``, from the driver's own thread; tables that were
+        dropped or renamed while streaming go to ``on_tables_gone``, likewise.
         """
 
     @abc.abstractmethod
@@ -51,6 +129,10 @@ class Driver(abc.ABC):
         Returns False when callbacks were still running at the shutdown timeout.
         """
 
+    def stop_soon(self) -> None:
+        """Ask the driver to stop reading, from any thread, without waiting; ``close``
+        does the rest."""
+
     def stats(self) -> Dict[str, Any]:
-        """Driver-side figures for :meth:`flash_wal.Client.stats`."""
+        """Driver-side figures for :meth:`flash_wal.Client.stats`; never blocks long."""
         return {}

@@ -3,15 +3,14 @@
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Set
 
 import attr
 import psycopg2
 import psycopg2.errorcodes
 
 from ...connection import connect, mask_dsn
-from ...dispatcher import Dispatcher
-from ...errors import ConfigurationError, FlashError, SlotInUseError
+from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUseError
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
@@ -108,6 +107,10 @@ class Driver(base.Driver):
         self._query: Any = None
         self._thread: Optional[ReplicationThread] = None
         self._tables: Set[TableName] = set()
+        self._table_oids: Dict[TableName, int] = {}  # of self._tables, to tell a rename
+        # The publication as this driver last left it, to tell a change behind our back.
+        self._publication: Optional[server.PublicationState] = None
+        self._on_tables_gone: Callable[[Iterable[TableName]], None] = lambda tables: None
         self.server_version = 0
         self.protocol_version = 0
 
@@ -116,11 +119,12 @@ class Driver(base.Driver):
     def start(
         self,
         database_cnx: str,
-        dispatcher: Dispatcher,
+        sink: base.Sink,
         listeners: Sequence[Listener],
         *,
         shutdown_timeout: float,
         on_fatal: Callable[[BaseException], None],
+        on_tables_gone: Callable[[Iterable[TableName]], None] = lambda tables: None,
     ) -> None:
         if self._dsn is not None:
             raise FlashError("this Driver has already been started; give each Client its own Driver")
@@ -136,7 +140,7 @@ class Driver(base.Driver):
             server.check_server(cursor, config.replication_slot)
             if config.use_streaming and self.server_version < 140000:
                 raise ConfigurationError("use_streaming=True needs PostgreSQL 14 or later; set it to False")
-            if dispatcher.wants_messages and self.server_version < 140000:
+            if sink.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
             slot_existed = self._claim_slot(cursor)
@@ -152,18 +156,24 @@ class Driver(base.Driver):
             if config.replica_identity_full:
                 server.set_replica_identity_full(cursor, infos.values())
             self._tables = set(infos)
+            self._table_oids = {table: info.oid for table, info in infos.items()}
+            self._publication = server.publication_state(cursor, config.publication_name)
+            self._on_tables_gone = on_tables_gone
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
                 slot=config.replication_slot,
+                publication=config.publication_name,
                 create_slot=None if slot_existed else ("persistent" if config.durable else "temporary"),
                 plugin_options=self._plugin_options(),
                 protocol_version=self.protocol_version,
-                dispatcher=dispatcher,
+                sink=sink,
                 status_interval=config.status_interval,
                 shutdown_timeout=shutdown_timeout,
+                setup_timeout=config.setup_timeout,
                 stream_buffer_bytes=config.stream_buffer_bytes,
                 reconnect_delay=(config.reconnect_delay, config.reconnect_max_delay),
                 before_reconnect=self._restore_publication,
+                check_publication=self._check_publication,
                 on_fatal=on_fatal,
             )
             self._thread.start_streaming(timeout=config.setup_timeout)
@@ -195,6 +205,8 @@ class Driver(base.Driver):
                 logger.debug("publication %s now holds %s", self.config.publication_name,
                              ", ".join(sorted(map(str, wanted))) or "no table")
                 self._tables = wanted
+                self._table_oids = {table: info.oid for table, info in infos.items()}
+                self._publication = server.publication_state(cursor, self.config.publication_name)
                 return server.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
@@ -243,21 +255,12 @@ class Driver(base.Driver):
         finally:
             conn.close()
 
+    def stop_soon(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+
     def stats(self) -> Dict[str, Any]:
-        with self._lock:
-            if self._query is None:
-                return {"lag_bytes": None}
-            try:
-                cursor = self._query_cursor()
-                cursor.execute(
-                    "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
-                    " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-                    (self.config.replication_slot,),
-                )
-                row = cursor.fetchone()
-            except psycopg2.Error:
-                row = None  # the server is away; the replication thread is reconnecting
-            figures: Dict[str, Any] = {"lag_bytes": None if row is None else row[0]}
+        figures: Dict[str, Any] = {"lag_bytes": self._lag_bytes()}
         if self._thread is not None:
             figures["reconnects"] = self._thread.reconnects
             if self._thread.reconnecting:
@@ -265,6 +268,90 @@ class Driver(base.Driver):
         return figures
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _lag_bytes(self) -> Optional[int]:
+        # The query connection may be busy (attach, a check) or the server away: then
+        # the figure is unknown, at once, rather than late. It is never reopened here.
+        if not self._lock.acquire(timeout=0.5):
+            return None
+        try:
+            if self._query is None or self._query.closed:
+                return None
+            cursor = self._query.cursor()
+            cursor.execute(
+                "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
+                " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                (self.config.replication_slot,),
+            )
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+        except psycopg2.Error:
+            return None  # the server is away; the replication thread is reconnecting
+        finally:
+            self._lock.release()
+
+    def _check_publication(self) -> None:
+        """Whether the publication still holds every listened table as this driver left
+        it; a quick look, skipped when the server cannot be asked now.
+
+        A table dropped or renamed meanwhile is not an error: its listeners are
+        detached. A table taken out of the publication by someone else is: the server
+        skipped its changes without a word.
+        """
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
+            if self._query is None or self._query.closed:
+                return
+            cursor = self._query.cursor()
+            state = server.publication_state(cursor, self.config.publication_name)
+            if state is not None and state == self._publication:
+                return
+            gone = self._forget_gone_tables(cursor)
+            if state is None:
+                # Dropped: the server says so in the stream when it decodes a change
+                # without it (PostgreSQL 18) or fails (before). Made again at once,
+                # nothing is lost if nothing changed in between.
+                logger.warning("publication %r no longer exists; creating it again",
+                               self.config.publication_name)
+                server.create_publication(cursor, self.config.publication_name, self._tables, self.server_version)
+            else:
+                self._check_tables_kept(cursor, state)
+            self._publication = server.publication_state(cursor, self.config.publication_name)
+        except psycopg2.Error:
+            return
+        finally:
+            self._lock.release()
+        self._report_gone(gone)
+
+    def _forget_gone_tables(self, cursor: Any) -> Set[TableName]:
+        """Stop publishing tables that were dropped or renamed; return them."""
+        current = server.table_names(cursor, self._table_oids.values())
+        gone = {table for table, oid in self._table_oids.items() if current.get(oid) != table}
+        renamed = [current[self._table_oids[table]] for table in gone if self._table_oids[table] in current]
+        if renamed and server.publication_state(cursor, self.config.publication_name) is not None:
+            server.alter_publication(cursor, self.config.publication_name, add=(), drop=renamed)
+        self._tables -= gone
+        for table in gone:
+            del self._table_oids[table]
+        return gone
+
+    def _check_tables_kept(self, cursor: Any, state: "server.PublicationState") -> None:
+        removed = sorted(str(table) for table, oid in self._table_oids.items() if oid not in state.relids)
+        if removed:
+            raise ReplicationError(
+                f"table {', '.join(removed)} was removed from publication {self.config.publication_name!r} "
+                "by someone else while the client streamed: the server skipped its changes from then on. "
+                "Nothing past the last check was acknowledged; leave flash_wal's publications to flash_wal "
+                "and start the client again"
+            )
+
+    def _report_gone(self, gone: Set[TableName]) -> None:
+        for table in sorted(gone, key=str):
+            logger.warning("table %s was dropped or renamed; its listeners are detached", table)
+        if gone:
+            # Not from the replication thread: detaching waits for running callbacks.
+            threading.Thread(target=self._on_tables_gone, args=(gone,), name="flash_wal-detach", daemon=True).start()
 
     def _query_cursor(self) -> Any:
         """A cursor of the query connection, opened again if the server dropped it."""
@@ -280,20 +367,11 @@ class Driver(base.Driver):
         return cursor
 
     def _restore_publication(self) -> None:
-        """Put the publication back the way this driver left it, if someone changed it."""
-        name = self.config.publication_name
+        """Before a reconnection attempt: the server may have restarted (the query
+        connection is opened again) and the publication may have been changed."""
         with self._lock:
-            cursor = self._query_cursor()
-            current = server.publication_tables(cursor, name)
-            if current == self._tables:
-                return
-            if current is None:
-                logger.warning("publication %r no longer exists; creating it again", name)
-                server.describe_tables(cursor, self._tables)  # a table dropped meanwhile is fatal
-                server.create_publication(cursor, name, self._tables, self.server_version)
-            else:
-                logger.warning("publication %r was altered by someone else; restoring its tables", name)
-                server.alter_publication(cursor, name, add=self._tables - current, drop=current - self._tables)
+            self._query_cursor()
+        self._check_publication()
 
     def _connect_query(self) -> Any:
         try:

@@ -402,3 +402,37 @@ def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotRe
         for slot, publication, tables, exists, temporary, pid, lag, wal_status, plugin, database
         in cursor.fetchall()
     ]
+
+
+@attr.s(frozen=True, slots=True)
+class PublicationState:
+    """What a publication is on the server now: its identity and its tables' OIDs."""
+
+    oid: int = attr.ib()
+    relids: "frozenset[int]" = attr.ib()
+
+
+def publication_state(cursor, name: str) -> Optional[PublicationState]:
+    """The publication's OID and tables, or None if there is no such publication.
+
+    A publication dropped and made again gets a new OID, and a table removed and added
+    again a new ``pg_publication_rel`` row: comparing states tells whether the
+    publication held the same tables all along between two looks.
+    """
+    cursor.execute(
+        "SELECT p.oid::int8, ARRAY(SELECT r.prrelid::int8 FROM pg_catalog.pg_publication_rel r"
+        " WHERE r.prpubid = p.oid) FROM pg_catalog.pg_publication p WHERE p.pubname = %s",
+        (name,),
+    )
+    row = cursor.fetchone()
+    return None if row is None else PublicationState(row[0], frozenset(row[1]))
+
+
+def table_names(cursor, oids: Iterable[int]) -> Dict[int, TableName]:
+    """The current names of the tables with these OIDs; a dropped one is left out."""
+    cursor.execute(
+        "SELECT c.oid::int8, n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::oid[])",
+        (list(oids),),
+    )
+    return {oid: TableName(schema, name) for oid, schema, name in cursor.fetchall()}

@@ -1,0 +1,169 @@
+"""The replication stream's messages, read and written through libpq itself.
+
+psycopg2's ``read_message()`` answers the server's keepalives on its own, and one of
+its rules moves the flush position it reports up to the server's WAL end once the
+position we gave is at or past the start of the last frame read. The frames of a
+streamed block, and Relation frames (which carry no position at all), start before
+positions already acknowledged, so that rule would confirm transactions whose
+callbacks are still running. Here every status update carries exactly the position
+the caller gives: the COPY BOTH messages go through the libpq that psycopg2 is linked
+with, on the connection psycopg2 opened and started (``connection.pgconn_ptr``).
+
+Only the replication thread uses a :class:`ReplicationWire`, and it does so only
+after ``start_replication()``; psycopg2 is not called on that connection again except
+to close it.
+"""
+
+import ctypes
+import struct
+import time
+from typing import Any, Callable, Optional, Tuple
+
+import psycopg2
+import psycopg2._psycopg
+import psycopg2.errors
+
+__all__ = ["ReplicationWire", "StreamEnded"]
+
+_XLOG_DATA = struct.Struct(">QQq")  # data start, WAL end, send time (after b"w")
+_KEEPALIVE = struct.Struct(">Qq?")  # WAL end, send time, reply requested (after b"k")
+_STATUS = struct.Struct(">cQQQq?")  # b"r", written, flushed, applied, now, reply requested
+_POSTGRES_EPOCH = 946684800  # 2000-01-01 in Unix seconds
+_SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
+_SEVERITY = ord("V")  # PG_DIAG_SEVERITY_NONLOCALIZED
+_PRIMARY_MESSAGE = ord("M")  # PG_DIAG_MESSAGE_PRIMARY
+
+
+_NoticeReceiver = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _load_libpq() -> Any:
+    # The extension module resolves libpq's symbols from the very library it is linked
+    # with, whether a wheel's bundled copy or the system's. PyDLL keeps the GIL across
+    # the calls: none of them waits, and giving the GIL up for each frame would leave the
+    # replication thread queueing behind the callbacks' threads for it.
+    libpq = ctypes.PyDLL(psycopg2._psycopg.__file__)
+    signatures = {
+        "PQgetCopyData": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]),
+        "PQputCopyData": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
+        "PQflush": (ctypes.c_int, [ctypes.c_void_p]),
+        "PQconsumeInput": (ctypes.c_int, [ctypes.c_void_p]),
+        "PQfreemem": (None, [ctypes.c_void_p]),
+        "PQerrorMessage": (ctypes.c_char_p, [ctypes.c_void_p]),
+        "PQgetResult": (ctypes.c_void_p, [ctypes.c_void_p]),
+        "PQresultErrorField": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int]),
+        "PQresultErrorMessage": (ctypes.c_char_p, [ctypes.c_void_p]),
+        "PQclear": (None, [ctypes.c_void_p]),
+        "PQsetNoticeReceiver": (ctypes.c_void_p, [ctypes.c_void_p, _NoticeReceiver, ctypes.c_void_p]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(libpq, name)
+        function.restype, function.argtypes = restype, argtypes
+    return libpq
+
+
+_libpq = _load_libpq()
+
+
+class StreamEnded(psycopg2.OperationalError):
+    """The server ended the stream without an error: it is shutting down."""
+
+
+class ReplicationWire:
+    """Reads the XLogData frames of a started replication and sends status updates.
+
+    :meth:`read` returns ``(data_start, payload)`` or None when nothing is waiting;
+    keepalives are consumed on the way and leave their WAL end in :attr:`server_wal_end`
+    and, when the server asks for an answer, :attr:`reply_requested` set. The server's
+    warnings go to ``on_warning(message)`` as they arrive between frames.
+    """
+
+    def __init__(self, connection: Any, on_warning: Callable[[str], None]) -> None:
+        self._connection = connection  # kept alive: it owns the PGconn
+        self._pgconn = ctypes.c_void_p(connection.pgconn_ptr)
+        self._buffer = ctypes.c_void_p()
+        self.server_wal_end = 0
+        self.reply_requested = False
+        self._on_warning = on_warning
+        # Kept as an attribute: libpq holds only the C pointer.
+        self._notice_receiver = _NoticeReceiver(self._notice)
+        _libpq.PQsetNoticeReceiver(self._pgconn, self._notice_receiver, None)
+
+    def _notice(self, _arg: Any, result: Any) -> None:
+        severity = _libpq.PQresultErrorField(result, _SEVERITY) or b""
+        message = _libpq.PQresultErrorField(result, _PRIMARY_MESSAGE) or b""
+        if severity == b"WARNING":
+            self._on_warning(message.decode("utf-8", "replace"))
+
+    def fileno(self) -> int:
+        return self._connection.fileno()
+
+    def read(self) -> Optional[Tuple[int, bytes]]:
+        pgconn, buffer, libpq = self._pgconn, self._buffer, _libpq
+        get_copy_data = libpq.PQgetCopyData
+        consumed = False
+        while True:
+            length = get_copy_data(pgconn, ctypes.byref(buffer), 1)
+            if length > 0:
+                try:
+                    frame = ctypes.string_at(buffer.value, length)
+                finally:
+                    libpq.PQfreemem(buffer)
+                kind = frame[0]
+                if kind == 0x77:  # b"w": XLogData
+                    return _XLOG_DATA.unpack_from(frame, 1)[0], frame[25:]
+                if kind == 0x6B:  # b"k": primary keepalive
+                    wal_end, _sent, reply = _KEEPALIVE.unpack_from(frame, 1)
+                    if wal_end > self.server_wal_end:
+                        self.server_wal_end = wal_end
+                    self.reply_requested = self.reply_requested or reply
+                    continue
+                raise psycopg2.OperationalError(f"unexpected replication message type {frame[:1]!r}")
+            if length == 0:
+                if consumed:
+                    return None
+                # Read the socket only once nothing complete is buffered, as psycopg2
+                # does, so a fast server cannot grow libpq's buffer without bound.
+                if not libpq.PQconsumeInput(pgconn):
+                    raise self._connection_error()
+                consumed = True
+                continue
+            if length == -1:
+                raise self._end_of_stream()
+            raise self._connection_error()
+
+    def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
+        """Tell the server how far we have got; exactly these positions, nothing more."""
+        now = int((time.time() - _POSTGRES_EPOCH) * 1_000_000)
+        message = _STATUS.pack(b"r", written, flushed, flushed, now, reply)
+        if _libpq.PQputCopyData(self._pgconn, message, len(message)) != 1 or _libpq.PQflush(self._pgconn) != 0:
+            raise self._connection_error()
+        self.reply_requested = False
+
+    def _connection_error(self) -> psycopg2.Error:
+        message = (_libpq.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace").strip()
+        return psycopg2.OperationalError(message or "the replication connection was lost")
+
+    def _end_of_stream(self) -> psycopg2.Error:
+        """The COPY ended: the server's reason, as the psycopg2 error of its SQLSTATE."""
+        error: Optional[psycopg2.Error] = None
+        while True:
+            result = _libpq.PQgetResult(self._pgconn)
+            if not result:
+                break
+            try:
+                if error is None:
+                    sqlstate = _libpq.PQresultErrorField(result, _SQLSTATE)
+                    if sqlstate:
+                        message = (_libpq.PQresultErrorMessage(result) or b"").decode("utf-8", "replace").strip()
+                        error = _error_class(sqlstate.decode("ascii"))(message)
+            finally:
+                _libpq.PQclear(result)
+        return error or StreamEnded("the server ended the replication stream (no COPY in progress)")
+
+
+def _error_class(sqlstate: str) -> type:
+    try:
+        return psycopg2.errors.lookup(sqlstate)
+    except KeyError:
+        return psycopg2.DatabaseError
