@@ -386,7 +386,11 @@ class ReplicationThread(threading.Thread):
     def _run_session(self, cursor: Any) -> None:
         translator = None
         try:
-            casters = TypeCasters(cursor.connection.cursor(), lookup=_lazy_lookup(self._catalog_cursor))
+            # The bytes of a SQL_ASCII database arrive unconverted (see connect()): a
+            # UTF8 connection's casters read them as UTF-8, where an ASCII one would fail.
+            sql_ascii = cursor.connection.encoding == "SQLASCII"
+            cast_cursor = self._catalog_cursor() if sql_ascii else cursor.connection.cursor()
+            casters = TypeCasters(cast_cursor, lookup=_lazy_lookup(self._catalog_cursor))
             parser = PgOutputParser(self._protocol_version)
             translator = ChangeTranslator(
                 self._dispatcher, RelationCache(casters), parser, self._stream_buffer_bytes
