@@ -110,7 +110,11 @@ class Client:
             self._listeners = wanted
 
     def detach(self, *listeners: Listener) -> None:
-        """Detach listeners; their callbacks are not called again once this returns."""
+        """Detach listeners; their callbacks are not called again once this returns.
+
+        A call of one running in another thread is waited for; called from a callback
+        of a detached listener, this does not wait for that call.
+        """
         with self._lock:
             for listener in listeners:
                 if listener not in self._listeners:
@@ -121,6 +125,9 @@ class Client:
             self._listeners = remaining
             if self._state == "streaming":
                 self.driver.listen(remaining)
+        # Outside the lock: a running callback may attach or detach too.
+        for listener in listeners:
+            listener.wait_for_running_calls()
 
     def on(
         self, table: str, operations: Union[Operation, str] = Operation.ALL, **listener_options: Any

@@ -125,13 +125,20 @@ def connection_params(dsn: str, *, replication: bool = False) -> Dict[str, Any]:
 def connect(dsn: str, *, replication: bool = False) -> Any:
     """A connection with flash_wal's session settings pinned.
 
-    ``replication=True`` gives a ``LogicalReplicationConnection``; otherwise an
-    autocommit connection for catalog queries and DDL.
+    ``replication=True`` gives a ``LogicalReplicationConnection`` (in the database's own
+    encoding if that is SQL_ASCII); otherwise an autocommit connection for catalog
+    queries and DDL.
     """
     params = connection_params(dsn, replication=replication)
     try:
         if replication:
-            return psycopg2.connect(connection_factory=psycopg2.extras.LogicalReplicationConnection, **params)
+            conn = psycopg2.connect(connection_factory=psycopg2.extras.LogicalReplicationConnection, **params)
+            if conn.get_parameter_status("server_encoding") == "SQL_ASCII":
+                # A SQL_ASCII database holds any bytes, and the server refuses to send
+                # one that is not valid in the client encoding: that would stop the
+                # stream for good. Asking for SQL_ASCII gets the bytes as they are.
+                conn.set_client_encoding("SQL_ASCII")
+            return conn
         conn = psycopg2.connect(**params)
     except psycopg2.Error as exc:
         masked = mask_secrets(str(exc), dsn)

@@ -7,10 +7,13 @@ a tuple of casters indexed by column, so decoding a row is a single loop.
 
 The server formats the text (dates, intervals, floats); the replication connection
 pins those formats (see ``SESSION_SETTINGS``) so the casters always understand it.
+A value a caster cannot represent all the same (a BC date, a year past 9999, bytes
+invalid in UTF-8 from a SQL_ASCII database) is delivered as its text: one bad value
+must not stop the stream for every listener.
 """
 
 import logging
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 import psycopg2
 import psycopg2.extensions
@@ -110,6 +113,9 @@ class TypeCasters:
         self._casters[_BYTEA_OID] = _bytea
         self._casters[_BYTEA_ARRAY_OID] = _bytea_array
         self._resolved: set = set(self._casters)
+        #: ``(table, column)`` pairs already warned about holding a value that does not
+        #: decode: shared by every decoder, so a new Relation message does not warn again.
+        self.undecodable_columns: Set[Tuple[str, str]] = set()
 
     def caster(self, oid: int) -> Caster:
         if oid not in self._resolved:
@@ -157,7 +163,7 @@ class TypeCasters:
 class RowDecoder:
     """Decodes the tuples of one relation into ``{column: value}`` dicts."""
 
-    __slots__ = ("relation", "table", "table_text", "names", "casters", "key_names", "cursor")
+    __slots__ = ("relation", "table", "table_text", "names", "casters", "key_names", "cursor", "_undecodable")
 
     def __init__(self, relation: Relation, casters: TypeCasters) -> None:
         self.relation = relation
@@ -168,6 +174,7 @@ class RowDecoder:
         self.casters: Tuple[Caster, ...] = tuple(casters.caster(column.type_oid) for column in relation.columns)
         self.key_names: Tuple[str, ...] = tuple(column.name for column in relation.columns if column.is_key)
         self.cursor = casters.cursor
+        self._undecodable = casters.undecodable_columns
 
     def decode(self, values: Sequence[Any]) -> Dict[str, Any]:
         if len(values) != len(self.names):
@@ -179,17 +186,40 @@ class RowDecoder:
             # Nearly every row holds only text and NULLs, which psycopg2's casters take
             # as they come (None gives None).
             return {name: cast(value, cursor) for name, cast, value in zip(self.names, self.casters, values)}
-        except TypeError:
-            pass  # an UNCHANGED_TOAST or a binary value: no caster takes those
+        except Exception:
+            # An UNCHANGED_TOAST or a binary value (no caster takes those), or a value
+            # its caster cannot represent: sort it out column by column.
+            return self._decode_each(values)
+
+    def _decode_each(self, values: Sequence[Any]) -> Dict[str, Any]:
+        cursor = self.cursor
         row = {}
         for name, cast, value in zip(self.names, self.casters, values):
             if value.__class__ is bytes:
-                row[name] = cast(value, cursor)
+                try:
+                    row[name] = cast(value, cursor)
+                except Exception as exc:
+                    row[name] = self._as_text(name, value, exc)
             elif value.__class__ is BinaryValue:
                 row[name] = value.data
             else:  # None or UNCHANGED_TOAST
                 row[name] = value
         return row
+
+    def _as_text(self, name: str, value: bytes, exc: Exception) -> str:
+        column = (self.table_text, name)
+        if column not in self._undecodable:
+            self._undecodable.add(column)
+            # The exception says what is wrong (a year out of range, a byte that is not
+            # UTF-8) without repeating the value, which may be personal data.
+            logger.warning(
+                "column %s of %s holds a value psycopg2 cannot turn into a Python object (%s: %s): "
+                "delivering it as text (str), as every such value of this column from now on, without "
+                "warning again",
+                name, self.table_text, type(exc).__name__, exc,
+            )
+        # Invalid UTF-8 (a SQL_ASCII database holds any bytes) shows as backslash escapes.
+        return value.decode("utf-8", "backslashreplace")
 
     def decode_key(self, values: Sequence[Any]) -> Dict[str, Any]:
         """Decode an old tuple sent as key only: non-key columns were sent as NULL."""

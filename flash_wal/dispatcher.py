@@ -7,8 +7,8 @@ per interested listener and hands the events to that listener's workers in batch
 so the cost of crossing threads is paid per batch, not per event.
 
 A listener with ``max_parallel=1`` has one worker: its callbacks run one at a time in
-commit order. With N > 1 (or -1, unbounded) events are handed out one by one to up to
-N workers. Whatever the setting, a transaction is done only when every task holding
+commit order. With N > 1 (or -1: up to :data:`UNBOUNDED_WORKERS`) events are handed out
+one by one to up to N workers. Whatever the setting, a transaction is done only when every task holding
 one of its events has run, and :class:`AckTracker` acknowledges done transactions in
 commit order only.
 """
@@ -19,8 +19,8 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .drivers.base import Sink
-from .events import Event, MessageEvent, TruncateEvent, build_delete, build_insert, build_update
-from .listener import Listener, TableName
+from .events import Event, MessageEvent, TruncateEvent, build_delete, build_insert, build_update, format_lsn
+from .listener import UNBOUNDED_WORKERS, Listener, RunningCalls, TableName
 from .operations import Operation
 
 __all__ = ["Transaction", "AckTracker", "Route", "Dispatcher"]
@@ -153,11 +153,12 @@ class _Task:
 
 
 class _Workers:
-    """Up to ``limit`` threads (-1: as many as there are tasks) running one listener's tasks."""
+    """Up to ``limit`` threads (-1: :data:`UNBOUNDED_WORKERS`) running one listener's
+    tasks; a thread waits for the next task once it is done with one."""
 
     def __init__(self, name: str, limit: int, run: Callable[[_Task], None]) -> None:
         self._name = name
-        self._limit = limit
+        self._limit = UNBOUNDED_WORKERS if limit == -1 else limit
         self._run_task = run
         self._cond = threading.Condition()
         self._tasks: Deque[_Task] = collections.deque()
@@ -172,7 +173,7 @@ class _Workers:
                 if self._waiting:
                     self._waiting -= 1
                     self._cond.notify()
-                elif self._limit == -1 or len(self._threads) < self._limit:
+                elif len(self._threads) < self._limit:
                     thread = threading.Thread(
                         target=self._loop, name=f"flash_wal-{self._name}-{len(self._threads)}", daemon=True
                     )
@@ -217,6 +218,8 @@ class Route:
         self.active = True
         self.pending: List[Event] = []  # touched by the replication thread only
         self.pending_txn: Optional[Transaction] = None
+        self.running_calls = listener.running_calls
+        self.still_wanted = listener.is_registered
 
     def callbacks_for(self, event: Event) -> Tuple[Callable[[Any], Any], ...]:
         return self.listener.callbacks_for(event.operation)
@@ -261,6 +264,15 @@ class Route:
         return build_delete(*meta, self.project(old))
 
 
+def describe_event(event: Any) -> str:
+    """What a log line says about an event: where it comes from, never its rows."""
+    if isinstance(event, MessageEvent):
+        return f"the message with prefix {event.prefix!r} at {format_lsn(event.lsn)}"
+    text = f"{event.operation} on {event.table} at {format_lsn(event.lsn)}"
+    key = getattr(event, "key", None)
+    return text if key is None else f"{text}, key {key!r}"
+
+
 def _unshaped_event(
     operation: Operation, table: str, lsn: int, txn: Transaction,
     old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
@@ -283,6 +295,8 @@ class MessageRoute:
         self.batch_size = BATCH_SIZE
         self.pending: List[Any] = []
         self.pending_txn: Optional[Transaction] = None
+        self.running_calls = RunningCalls()
+        self.still_wanted: Callable[[Any], bool] = lambda callback: True  # no way to unregister
 
     def callbacks_for(self, event: MessageEvent) -> Tuple[Callable[[Any], Any], ...]:
         return tuple(callback for prefix, callback in self.handlers if event.prefix.startswith(prefix))
@@ -319,7 +333,9 @@ class Dispatcher(Sink):
             self._by_listener, self._routes = by_listener, routes
 
     def detach(self, listener: Listener) -> None:
-        """Stop routing to ``listener``; its queued events are dropped."""
+        """Stop routing to ``listener``; its queued events are dropped. A call of its
+        callbacks already running may go on: ``listener.wait_for_running_calls()``
+        waits for it."""
         with self._lock:
             by_listener = dict(self._by_listener)
             route = by_listener.pop(listener)
@@ -469,7 +485,9 @@ class Dispatcher(Sink):
 
     def _run(self, task: _Task) -> None:
         route = task.route
-        callbacks_for = route.callbacks_for
+        callbacks_for, still_wanted = route.callbacks_for, route.still_wanted
+        running = route.running_calls
+        calling, me = running.by_thread, threading.get_ident()
         delivered = None
         _in_callback.active = True
         try:
@@ -479,25 +497,35 @@ class Dispatcher(Sink):
                         delivered = index  # the rest is not delivered: never acknowledged
                     break
                 for callback in callbacks_for(event):
+                    # Announced first, checked second: see RunningCalls.
+                    calling[me] = callback
                     try:
-                        callback(event)
+                        if route.active and still_wanted(callback):
+                            callback(event)
                     except BaseException as exc:
                         # A user callback, even one calling sys.exit(): report and go
                         # on, or the listener's worker would die with its queue.
                         self._callback_failed(exc, event, callback)
+                    finally:
+                        calling[me] = None
+                        if running.waiters:
+                            running.notify_finished()
         finally:
             _in_callback.active = False
             self.tracker.task_done(task.txn, len(task.events), delivered)
 
-    def _callback_failed(self, exc: BaseException, event: Event, callback: Any) -> None:
+    def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
         with self._lock:
             self.callbacks_failed += 1
-        logger.error("callback %r failed on %r", callback, event, exc_info=exc)
+        # Not the event itself: its rows may be large, or personal data.
+        logger.error("callback %r failed on %s", callback, describe_event(event), exc_info=exc)
         if self._on_error is not None:
             try:
                 self._on_error(exc, event)
-            except Exception:
-                logger.exception("on_error handler %r failed", self._on_error)
+            except BaseException:
+                # SystemExit included: on a worker thread it would only end the worker,
+                # leaving the listener's queue and acknowledgement stuck.
+                logger.exception("on_error handler %r failed; delivery goes on", self._on_error)
 
     # --- shutdown ---------------------------------------------------------------------
 

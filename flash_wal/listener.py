@@ -23,6 +23,10 @@ F = TypeVar("F", bound=Callback)
 _UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 _MAX_IDENTIFIER_BYTES = 63
 
+#: Worker threads of a ``max_parallel=-1`` listener at most: a thread per waiting task
+#: would grow without bound under a burst of slow callbacks.
+UNBOUNDED_WORKERS = 32
+
 
 class TableName(NamedTuple):
     """A schema-qualified table name, with identifiers as PostgreSQL stores them.
@@ -121,7 +125,7 @@ def _to_tuple(items: Optional[Iterable[Any]]) -> tuple:
 def _check_max_parallel(_instance: Any, _attribute: Any, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
         raise ConfigurationError(
-            f"max_parallel must be a positive integer, or -1 for unbounded; got {value!r}"
+            f"max_parallel must be a positive integer, or -1 for as many as {UNBOUNDED_WORKERS}; got {value!r}"
         )
 
 
@@ -160,13 +164,51 @@ class ListenerConfig:
         default=(), converter=_to_tuple, validator=_check_conditions, metadata={"shown_default": "``()`` (none)"}
     )
     #: Callbacks of this listener running at once: 1 runs them one at a time in commit
-    #: order, N > 1 up to N at once, ``-1`` without limit.
+    #: order, N > 1 up to N at once (a worker thread each), ``-1`` as many as 32.
     max_parallel: int = attr.ib(default=1, validator=_check_max_parallel)
     table_name: TableName = attr.ib(init=False, eq=False, repr=False)
 
     @table_name.default
     def _parse_table(self) -> TableName:
         return parse_table_name(self.table)
+
+
+class RunningCalls:
+    """Which callback each worker thread is calling, so that ``off`` and ``detach`` can
+    wait for a call that started before them.
+
+    A worker announces a call in :attr:`by_thread` and only then checks that the
+    callback is still wanted; ``off``/``detach`` first make it unwanted and only then
+    look at the announced calls. Whichever comes second sees the other's change, so once
+    they return no call of the callback is running or can start.
+    """
+
+    def __init__(self) -> None:
+        #: thread ident -> the callback it is calling, or None. Written by that thread only.
+        self.by_thread: Dict[int, Optional[Callback]] = {}
+        #: How many threads wait in wait_until_finished: workers notify only then.
+        self.waiters = 0
+        self._finished = threading.Condition()
+
+    def notify_finished(self) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def wait_until_finished(self, matches: Callable[[Callback], bool]) -> None:
+        """Wait until no other thread is calling a callback for which ``matches`` is
+        true. The calling thread's own call is not waited for: off() or detach() from a
+        callback returns at once instead of waiting for itself."""
+        me = threading.get_ident()
+        with self._finished:
+            self.waiters += 1
+            try:
+                while any(
+                    callback is not None and ident != me and matches(callback)
+                    for ident, callback in list(self.by_thread.items())
+                ):
+                    self._finished.wait()
+            finally:
+                self.waiters -= 1
 
 
 class Listener:
@@ -188,6 +230,7 @@ class Listener:
         # op atom -> callbacks; replaced as a whole on every change (copy on write).
         self._by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
         self._operations = Operation(0)
+        self.running_calls = RunningCalls()  # kept by the dispatcher's workers
 
     @property
     def table(self) -> TableName:
@@ -215,11 +258,24 @@ class Listener:
         return callback
 
     def off(self, callback: Callback) -> None:
-        """Unregister ``callback`` for all its operations."""
+        """Unregister ``callback`` for all its operations.
+
+        Once this returns the callback is not called again: a call of it running in
+        another thread is waited for (called from the callback itself, this returns at
+        once).
+        """
         with self._lock:
             if self._registrations.pop(callback, None) is None:
                 raise ConfigurationError(f"{callback!r} is not registered on {self!r}")
             self._rebuild()
+        self.running_calls.wait_until_finished(lambda running: running == callback)
+
+    def is_registered(self, callback: Callback) -> bool:
+        return callback in self._registrations
+
+    def wait_for_running_calls(self) -> None:
+        """Wait until no callback of this listener runs in another thread (after detach)."""
+        self.running_calls.wait_until_finished(lambda running: True)
 
     def callbacks_for(self, operation: Operation) -> Tuple[Callback, ...]:
         """The callbacks registered for one operation, in registration order."""

@@ -1,6 +1,7 @@
 """use_streaming=True: large transactions arrive in chunks while in progress and are
 delivered only once committed; memory stays bounded; temporary files go away."""
 
+import hashlib
 import os
 
 import psycopg2.extensions
@@ -82,6 +83,31 @@ def test_large_transaction_is_delivered_whole_and_in_order_after_commit(make_tab
     finally:
         writer.close()
     assert temporary_files() == []
+
+
+def test_a_value_of_megabytes_in_a_spilled_transaction_arrives_intact(make_table, db, unique):
+    table = make_table()
+    recorder = Recorder()
+    client = streaming_client(db, unique, buffer_bytes=64 * 1024)
+    client.on(table, Operation.INSERT)(recorder)
+    writer = Database(db.dsn)
+    writer.conn.autocommit = False
+    insert = sql.SQL("INSERT INTO {} (title) VALUES (%s)").format(sql.Identifier(table))
+    # md5 text does not compress: the row's frame is as large as the value.
+    big = "".join(hashlib.md5(str(i).encode()).hexdigest() for i in range(150_000))  # 4.8 MB
+    try:
+        with client:
+            writer.execute(sql.SQL("INSERT INTO {} (title) SELECT 'row ' || i FROM generate_series(1, %s) i").format(
+                sql.Identifier(table)), (ROWS,))
+            writer.execute(insert, (big,))
+            writer.execute(insert, ("after",))
+            wait_for(temporary_files, what="the held transaction to spill to a temporary file")
+            writer.conn.commit()
+            events = recorder.wait(ROWS + 2)
+    finally:
+        writer.close()
+    assert events[ROWS].new["title"] == big
+    assert [e.new["title"] for e in events[ROWS - 1:ROWS + 2:2]] == [f"row {ROWS}", "after"]
 
 
 def test_rolled_back_streamed_transaction_delivers_nothing(make_table, db, unique):

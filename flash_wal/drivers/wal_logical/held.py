@@ -15,7 +15,8 @@ __all__ = ["HeldTransaction"]
 
 # subxid, the frame's WAL position, the frame's length
 _RECORD = struct.Struct(">IQI")
-_READ_CHUNK = 1 << 20
+#: The temporary file's buffer: small frames are read from it without a system call each.
+_FILE_BUFFER = 1 << 20
 
 
 class HeldTransaction:
@@ -36,7 +37,7 @@ class HeldTransaction:
     def append(self, subxid: int, lsn: int, payload: bytes) -> None:
         header = _RECORD.pack(subxid, lsn, len(payload))
         if self._file is None and len(self._buffer) + len(header) + len(payload) > self._limit:
-            self._file = tempfile.TemporaryFile(prefix="flash_wal-")
+            self._file = tempfile.TemporaryFile(prefix="flash_wal-", buffering=_FILE_BUFFER)
             self._file.write(self._buffer)
             self._buffer = bytearray()
         if self._file is not None:
@@ -68,22 +69,19 @@ class HeldTransaction:
                 yield subxid, lsn, bytes(data[pos:pos + length])  # one frame copied, not all
                 pos += length
             return
-        self._file.flush()
-        self._file.seek(0)
-        pending = b""
+        # Each frame is read whole after its header, in one call: reading fixed chunks
+        # and joining the rest of a frame to each would copy a large frame over and
+        # over. Memory is bounded by the largest frame.
+        file = self._file
+        file.flush()
+        file.seek(0)
+        read, unpack = file.read, _RECORD.unpack
         while True:
-            chunk = self._file.read(_READ_CHUNK)
-            if not chunk:
-                break
-            data, pos = pending + chunk, 0
-            while len(data) - pos >= header_size:
-                subxid, lsn, length = unpack_from(data, pos)
-                end = pos + header_size + length
-                if end > len(data):
-                    break
-                yield subxid, lsn, data[pos + header_size:end]
-                pos = end
-            pending = data[pos:]
+            header = read(header_size)
+            if not header:
+                return
+            subxid, lsn, length = unpack(header)
+            yield subxid, lsn, read(length)
 
     def close(self) -> None:
         """Forget everything; the temporary file, if any, is removed."""

@@ -226,7 +226,11 @@ class ReplicationThread(threading.Thread):
         if self._translator is None:
             # Its casters keep this cursor: they read settings of its connection, never
             # the server, so they serve every later session too.
-            casters = TypeCasters(conn.cursor(), lookup=_lazy_lookup(self._catalog_cursor))
+            # The bytes of a SQL_ASCII database arrive unconverted (see connect()): a
+            # UTF8 connection's casters read them as UTF-8, where an ASCII one would fail.
+            sql_ascii = conn.encoding == "SQLASCII"
+            cast_cursor = self._catalog_cursor() if sql_ascii else conn.cursor()
+            casters = TypeCasters(cast_cursor, lookup=_lazy_lookup(self._catalog_cursor))
             self._translator = ChangeTranslator(
                 self._sink, RelationCache(casters), PgOutputParser(self._protocol_version),
                 self._stream_buffer_bytes,
