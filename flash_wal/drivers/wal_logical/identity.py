@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 #: partition created or attached later the REPLICA IDENTITY FULL of an ancestor.
 PARTITION_IDENTITY_TRIGGER = "flash_wal_partition_identity"
 
-#: What flash_wal installs (docs/examples/partition_identity.sql shows the same text).
+#: What flash_wal installs (docs/server-setup.rst shows this text).
 #: It runs as the role running the DDL, who owns the new partition; a partition that
 #: role may not alter is left with a WARNING rather than failing the DDL.
 PARTITION_IDENTITY_SQL = """\
