@@ -35,7 +35,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from flash_wal import Client, Operation
-from flash_wal.drivers.wal_logical import Driver, DriverConfig, server
+from flash_wal.drivers.wal_logical import Driver, DriverConfig, identity, server
 from flash_wal.drivers.wal_logical.stream import ReplicationThread
 
 
@@ -92,7 +92,7 @@ def _die_after(owner, name):
 STEPS = {
     "checked": lambda: _die_after(server, "check_server"),
     "published": lambda: (_die_after(server, "create_publication"), _die_after(server, "alter_publication")),
-    "identity-set": lambda: _die_after(server, "set_replica_identity_full"),
+    "identity-set": lambda: _die_after(identity, "set_replica_identity_full"),
     "slot-ready": lambda: _die_before(psycopg2.extras.ReplicationCursor, "start_replication"),
     "replicating": lambda: _die_after(psycopg2.extras.ReplicationCursor, "start_replication"),
     "draining": lambda: _die_before(ReplicationThread, "_finish"),

@@ -37,6 +37,8 @@ SHELL_EXAMPLES = ["published-titles", "price-changes", "durable-audit", "durable
 FRAGMENTS = {"logging_setup.py"}
 #: The SQL of the server set-up page, run by test_server_setup_sql.
 SERVER_SETUP_SQL = ["wal_level.sql", "listening_role.sql", "what_is_there.sql"]
+#: What flash_wal changes on tables and how to undo it, run by test_identity_sql.
+IDENTITY_SQL = ["undo_identity.sql"]
 STANDALONE = sorted(
     path for path in glob.glob(os.path.join(EXAMPLES, "*.py")) if os.path.basename(path) not in FRAGMENTS
 )
@@ -80,7 +82,7 @@ def test_every_example_file_is_shown_in_the_docs_and_run_here():
     assert files == {name for name in shown if "/" not in name}
     run_here = {f"{name}.{ext}" for name in SHELL_EXAMPLES for ext in ("sh", "sql", "out")}
     run_here |= {"posts.sql", "logging_setup.py", "logging_setup.out"}
-    run_here |= set(SERVER_SETUP_SQL)
+    run_here |= set(SERVER_SETUP_SQL) | set(IDENTITY_SQL)
     for path in STANDALONE:
         run_here |= {f"{_name(path)}.py", f"{_name(path)}.out"}
     assert files <= run_here
@@ -243,3 +245,57 @@ def test_server_setup_sql(db, dsn):
     finally:
         db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         db.execute("DROP ROLE IF EXISTS app_listener")
+
+
+def test_identity_sql(db, dsn, server_version):
+    """The undo SQL puts the tables and partitions back and removes the trigger; the
+    trigger's SQL, which the page shows from flash_wal's source, works installed by hand."""
+    if server_version < 130000:
+        pytest.skip("partitioned tables are published from PostgreSQL 13")
+    from flash_wal.drivers.wal_logical.identity import PARTITION_IDENTITY_SQL
+
+    database = "docs_example_identity"
+    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    example_dsn = psycopg2.extensions.make_dsn(dsn, dbname=database)
+    try:
+        conn = psycopg2.connect(example_dsn)
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute(example("posts.sql"))
+        cur.execute("CREATE TABLE measurements (at date, value float8) PARTITION BY RANGE (at);"
+                    " CREATE TABLE measurements_2025 PARTITION OF measurements"
+                    "   FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+
+        def identities():
+            cur.execute("SELECT relname::text, relreplident::text FROM pg_class"
+                        " WHERE relname IN ('posts', 'measurements', 'measurements_2025', 'measurements_2026')")
+            return dict(cur.fetchall())
+
+        def trigger():
+            cur.execute("SELECT count(*) FROM pg_event_trigger")
+            return cur.fetchone()[0]
+
+        client = Client(database_cnx=example_dsn)
+        client.on("posts")(lambda event: None)
+        client.on("measurements")(lambda event: None)
+        with client:
+            cur.execute("CREATE TABLE measurements_2026 PARTITION OF measurements"
+                        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        assert set(identities().values()) == {"f"} and trigger() == 1
+        cur.execute(example("undo_identity.sql"))
+        assert set(identities().values()) == {"d"} and trigger() == 0
+        cur.execute("SELECT to_regprocedure('public.flash_wal_partition_identity()')")
+        assert cur.fetchone() == (None,)
+
+        # Installed by hand as the page shows, it does what flash_wal's does.
+        cur.execute(PARTITION_IDENTITY_SQL)
+        cur.execute("ALTER TABLE measurements REPLICA IDENTITY FULL")
+        assert identities() == {"posts": "d", "measurements": "f", "measurements_2025": "f", "measurements_2026": "f"}
+        cur.execute("DROP TABLE measurements_2026")
+        cur.execute("CREATE TABLE measurements_2026 PARTITION OF measurements"
+                    " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        assert identities()["measurements_2026"] == "f"
+        conn.close()
+    finally:
+        db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))

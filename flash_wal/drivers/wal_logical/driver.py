@@ -14,7 +14,7 @@ from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUs
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
-from . import server
+from . import identity, server
 from .stream import ReplicationThread
 
 __all__ = ["Driver", "DriverConfig"]
@@ -143,6 +143,9 @@ class Driver(base.Driver):
             if sink.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
+            install_trigger = identity.check_replica_identities(
+                cursor, infos.values(), full=config.replica_identity_full, server_version=self.server_version
+            )
             slot_existed = self._claim_slot(cursor)
             current = server.publication_tables(cursor, config.publication_name) if slot_existed else None
             if current is not None:
@@ -150,11 +153,11 @@ class Driver(base.Driver):
                 # then, so it is altered, never replaced.
                 server.alter_publication(cursor, config.publication_name, add=set(infos) - current,
                                          drop=current - set(infos))
+                server.ensure_publication_options(cursor, config.publication_name, self.server_version)
             else:
                 server.create_publication(cursor, config.publication_name, infos, self.server_version)
                 published = True
-            if config.replica_identity_full:
-                server.set_replica_identity_full(cursor, infos.values())
+            self._set_identities(cursor, infos.values(), install_trigger)
             self._tables = set(infos)
             self._table_oids = {table: info.oid for table, info in infos.items()}
             self._publication = server.publication_state(cursor, config.publication_name)
@@ -197,8 +200,11 @@ class Driver(base.Driver):
                 infos = self._describe(cursor, listeners)
                 wanted = set(infos)
                 added = wanted - self._tables
-                if added and self.config.replica_identity_full:
-                    server.set_replica_identity_full(cursor, (infos[t] for t in added))
+                new_infos = [infos[t] for t in added]
+                install_trigger = identity.check_replica_identities(
+                    cursor, new_infos, full=self.config.replica_identity_full, server_version=self.server_version
+                )
+                self._set_identities(cursor, new_infos, install_trigger)
                 server.alter_publication(
                     cursor, self.config.publication_name, add=added, drop=self._tables - wanted
                 )
@@ -386,6 +392,15 @@ class Driver(base.Driver):
                 f"cannot connect to {mask_dsn(self._dsn)}: {str(exc).strip()}. "
                 "Check database_cnx and that the server is running"
             ) from exc
+
+    def _set_identities(self, cursor: Any, infos: Sequence[server.TableInfo], install_trigger: bool) -> None:
+        """What check_replica_identities found writes need: the event trigger for future
+        partitions first (so none is created unseen meanwhile), then FULL on every table
+        and partition if configured."""
+        if install_trigger:
+            identity.install_partition_identity_trigger(cursor)
+        if self.config.replica_identity_full:
+            identity.set_replica_identity_full(cursor, infos, self.server_version)
 
     def _describe(self, cursor: Any, listeners: Sequence[Listener]) -> Dict[TableName, server.TableInfo]:
         infos = server.describe_tables(cursor, (listener.table for listener in listeners))

@@ -191,20 +191,13 @@ def table_identifier(table: TableName) -> sql.Composable:
     return sql.SQL(".").join([sql.Identifier(table.schema), sql.Identifier(table.name)])
 
 
-def set_replica_identity_full(cursor, infos: Iterable[TableInfo]) -> None:
-    for info in infos:
-        if info.replica_identity != "f":
-            logger.info("setting REPLICA IDENTITY FULL on %s", info.name)
-            cursor.execute(
-                sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table_identifier(info.name))
-            )
-
-
 def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int) -> None:
     """Create the publication afresh, replacing a leftover of the same name.
 
     From PostgreSQL 13, changes to a partition are published as changes of the
-    partitioned table, so a listener on the partitioned table hears them.
+    partitioned table, so a listener on the partitioned table hears them. From
+    PostgreSQL 18, stored generated columns are published: with REPLICA IDENTITY FULL
+    the server refuses UPDATE and DELETE on a table whose generated columns are not.
     """
     tables = sorted(set(tables), key=str)
     cursor.execute("BEGIN")
@@ -216,12 +209,26 @@ def create_publication(cursor, name: str, tables: Iterable[TableName], server_ve
         create += sql.SQL(" WITH (publish = {}").format(sql.Literal(PUBLISH_ALL))
         if server_version >= 130000:
             create += sql.SQL(", publish_via_partition_root = true")
+        if server_version >= 180000:
+            create += sql.SQL(", publish_generated_columns = stored")
         create += sql.SQL(")")
         cursor.execute(create)
         cursor.execute("COMMIT")
     except BaseException:
         cursor.execute("ROLLBACK")
         raise
+
+
+def ensure_publication_options(cursor, name: str, server_version: int) -> None:
+    """Give a publication made by an earlier version the options create_publication sets."""
+    if server_version < 180000:
+        return
+    cursor.execute("SELECT pubgencols FROM pg_catalog.pg_publication WHERE pubname = %s", (name,))
+    row = cursor.fetchone()
+    if row is not None and row[0] != "s":
+        cursor.execute(
+            sql.SQL("ALTER PUBLICATION {} SET (publish_generated_columns = stored)").format(sql.Identifier(name))
+        )
 
 
 def alter_publication(cursor, name: str, add: Iterable[TableName], drop: Iterable[TableName]) -> None:
