@@ -63,8 +63,9 @@ class DriverConfig:
     #: whole old row. ``False`` leaves tables alone: then ``UpdateEvent.old`` is
     #: ``None`` unless the key changed and ``DeleteEvent.old`` holds the key columns.
     replica_identity_full: bool = attr.ib(default=True, validator=instance_of(bool))
-    #: Seconds between status updates (acknowledgements, keepalives) to the server;
-    #: at least 1 (psycopg2 accepts nothing shorter).
+    #: Most seconds between two status updates to the server, moved or not, and
+    #: between two checks of the publication; at least 1. Acknowledgements go out
+    #: within 20 ms of moving, whatever this says.
     status_interval: float = attr.ib(default=10.0, validator=seconds(1))
     #: Seconds ``start()`` waits for the slot of a client that died to be released.
     slot_wait_timeout: float = attr.ib(default=5.0, validator=seconds(0, inclusive=False))
