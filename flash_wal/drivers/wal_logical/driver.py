@@ -3,7 +3,7 @@
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import attr
 import psycopg2
@@ -15,7 +15,7 @@ from ...errors import ConfigurationError, FlashError, SlotInUseError
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
-from . import server
+from . import identity, ownership, server
 from .stream import ReplicationThread
 
 __all__ = ["Driver", "DriverConfig"]
@@ -39,7 +39,7 @@ class DriverConfig:
     """Settings of the wal_logical driver. Every instance needs its own names."""
 
     #: Start of the publication's name, which is
-    #: ``<publication_slot_prefix>_<replication_slot>`` (63 bytes at most). Unique per
+    #: ``<publication_slot_prefix>-<replication_slot>`` (63 bytes at most). Unique per
     #: client. Names are 1 to 63 lower-case letters, digits and underscores.
     publication_slot_prefix: str = attr.ib(default="flash_publication", validator=_check_server_name)
     #: The replication slot's exact name. Unique per running client.
@@ -90,8 +90,10 @@ class DriverConfig:
 
     @property
     def publication_name(self) -> str:
-        """The publication's name: derived from both names, so a restart finds it again."""
-        return f"{self.publication_slot_prefix}_{self.replication_slot}"
+        """The publication's name: derived from both names, so a restart finds it again,
+        and joined by a hyphen, which neither may contain, so that no two configurations
+        share it."""
+        return ownership.publication_name(self.publication_slot_prefix, self.replication_slot)
 
 
 class Driver(base.Driver):
@@ -108,6 +110,14 @@ class Driver(base.Driver):
         self._query: Any = None
         self._thread: Optional[ReplicationThread] = None
         self._tables: Set[TableName] = set()
+        #: config.publication_name, or the old name of a resumed durable slot's publication
+        self._publication = config.publication_name
+        self._owner = ownership.PublicationOwner(
+            prefix=config.publication_slot_prefix, slot=config.replication_slot, durable=config.durable
+        )
+        self._on_fatal: Optional[Callable[[BaseException], None]] = None
+        #: Set once another instance took the slot's lock while this one was disconnected.
+        self._lost_slot: Optional[SlotInUseError] = None
         self.server_version = 0
         self.protocol_version = 0
 
@@ -125,9 +135,11 @@ class Driver(base.Driver):
         if self._dsn is not None:
             raise FlashError("this Driver has already been started; give each Client its own Driver")
         self._dsn = database_cnx
+        self._on_fatal = on_fatal
         config = self.config
         published = False
         slot_existed = True  # until we know the slot is ours to create (and to drop on failure)
+        identities_before: Optional[List[identity.ReplicaIdentity]] = None
         try:
             self._query = self._connect_query()
             cursor = self._query.cursor()
@@ -140,16 +152,19 @@ class Driver(base.Driver):
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
             slot_existed = self._claim_slot(cursor)
-            current = server.publication_tables(cursor, config.publication_name) if slot_existed else None
+            current = self._resumed_publication(cursor) if slot_existed else None
             if current is not None:
                 # Resuming: the slot's WAL is decoded with the publication as it was
                 # then, so it is altered, never replaced.
-                server.alter_publication(cursor, config.publication_name, add=set(infos) - current,
+                server.alter_publication(cursor, self._publication, add=set(infos) - current,
                                          drop=current - set(infos))
             else:
-                server.create_publication(cursor, config.publication_name, infos, self.server_version)
+                ownership.check_publication(cursor, self._publication, config.publication_slot_prefix,
+                                            config.replication_slot)
+                server.create_publication(cursor, self._publication, infos, self.server_version, self._owner)
                 published = True
             if config.replica_identity_full:
+                identities_before = identity.replica_identities(cursor, (info.oid for info in infos.values()))
                 server.set_replica_identity_full(cursor, infos.values())
             self._tables = set(infos)
             self._thread = ReplicationThread(
@@ -171,10 +186,10 @@ class Driver(base.Driver):
                 "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
                 ("resumed durable" if slot_existed else "durable") if config.durable else "temporary",
-                config.replication_slot, config.publication_name, self.protocol_version,
+                config.replication_slot, self._publication, self.protocol_version,
             )
         except BaseException as exc:
-            self._clean_up_failed_start(published, drop_slot=not slot_existed)
+            self._clean_up_failed_start(published, drop_slot=not slot_existed, identities=identities_before)
             error = _as_setup_error(exc, config.setup_timeout)
             if error is exc:
                 raise
@@ -189,10 +204,8 @@ class Driver(base.Driver):
                 added = wanted - self._tables
                 if added and self.config.replica_identity_full:
                     server.set_replica_identity_full(cursor, (infos[t] for t in added))
-                server.alter_publication(
-                    cursor, self.config.publication_name, add=added, drop=self._tables - wanted
-                )
-                logger.debug("publication %s now holds %s", self.config.publication_name,
+                server.alter_publication(cursor, self._publication, add=added, drop=self._tables - wanted)
+                logger.debug("publication %s now holds %s", self._publication,
                              ", ".join(sorted(map(str, wanted))) or "no table")
                 self._tables = wanted
                 return server.current_wal_lsn(cursor)
@@ -207,15 +220,18 @@ class Driver(base.Driver):
             thread.join()
             drained = thread.drained
         with self._lock:
-            if self._query is not None:
+            if self._lost_slot is not None:
+                logger.info("left slot %s and publication %s to the instance that took the slot",
+                            self.config.replication_slot, self._publication)
+            elif self._query is not None:
                 try:
                     if not self.config.durable:
                         self._remove_server_objects()
-                        logger.debug("removed publication %s and slot %s", self.config.publication_name,
+                        logger.debug("removed publication %s and slot %s", self._publication,
                                      self.config.replication_slot)
                     else:
                         logger.debug("kept the durable slot %s and publication %s",
-                                     self.config.replication_slot, self.config.publication_name)
+                                     self.config.replication_slot, self._publication)
                 finally:
                     self._query.close()
                     self._query = None
@@ -225,21 +241,31 @@ class Driver(base.Driver):
         """Remove this configuration's slot and publication from the server.
 
         For a durable driver that no client runs any more: what the slot kept is gone.
+        A slot of another plugin, database or kind, or a publication flash_wal did not
+        make for this configuration, is a ConfigurationError, and nothing is dropped.
+        A publication with the old name ``<prefix>_<slot>`` is dropped too, unless
+        another existing slot's name could have made it (see ``ownership``).
         """
         if self._thread is not None and self._thread.is_alive():
             raise FlashError("close the client before dropping its slot")
         self._dsn = database_cnx
+        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
         conn = self._connect_query()
         try:
             cursor = conn.cursor()
-            state = server.wait_for_slot(cursor, self.config.replication_slot, self.config.slot_wait_timeout, gone=False)
+            state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
             if state is not None and state.active_pid is not None:
                 raise ConfigurationError(
-                    f"replication slot {self.config.replication_slot!r} is in use (walsender pid "
+                    f"replication slot {slot!r} is in use (walsender pid "
                     f"{state.active_pid}); stop the client that uses it first"
                 )
-            server.drop_slot(cursor, self.config.replication_slot)
-            server.drop_publication(cursor, self.config.publication_name)
+            ownership.check_slot_is_droppable(cursor, slot)
+            report = ownership.slot_report(cursor, prefix, slot)
+            if report.publication is not None and not report.legacy_publication:
+                ownership.check_publication(cursor, report.publication, prefix, slot)
+            server.drop_slot(cursor, slot)
+            if report.publication is not None:
+                server.drop_publication(cursor, report.publication)
         finally:
             conn.close()
 
@@ -255,8 +281,8 @@ class Driver(base.Driver):
                     (self.config.replication_slot,),
                 )
                 row = cursor.fetchone()
-            except psycopg2.Error:
-                row = None  # the server is away; the replication thread is reconnecting
+            except (psycopg2.Error, FlashError):
+                row = None  # the server is away (the replication thread is reconnecting), or the slot was lost
             figures: Dict[str, Any] = {"lag_bytes": None if row is None else row[0]}
         if self._thread is not None:
             figures["reconnects"] = self._thread.reconnects
@@ -267,21 +293,68 @@ class Driver(base.Driver):
     # --- helpers ----------------------------------------------------------------------
 
     def _query_cursor(self) -> Any:
-        """A cursor of the query connection, opened again if the server dropped it."""
-        if self._query.closed:
-            self._query = self._connect_query()
-        cursor = self._query.cursor()
-        try:
-            cursor.execute("SELECT 1")
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self._query.close()
-            self._query = self._connect_query()
+        """A cursor of the query connection, opened again (with the slot's lock) if the
+        server dropped it."""
+        if self._lost_slot is not None:
+            raise self._lost_slot
+        if not self._query.closed:
             cursor = self._query.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                return cursor
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._query.close()
+        self._query = self._connect_query()
+        cursor = self._query.cursor()
+        self._take_slot_lock_again(cursor)
         return cursor
+
+    def _take_slot_lock_again(self, cursor: Any) -> None:
+        """The slot's lock went with the old session (a server restart): without it, a
+        second instance could start on the slot. If one did meanwhile, this client stops:
+        never two instances on one slot."""
+        slot = self.config.replication_slot
+        if server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout):
+            logger.debug("took the lock on replication slot %s again", slot)
+            return
+        self._lost_slot = SlotInUseError(
+            f"another instance took replication slot {slot!r} while this client was disconnected "
+            "from the server (its lock on the slot went with the connection), so this client "
+            "stops; give each instance its own replication_slot and publication_slot_prefix"
+        )
+        self._query.close()
+        self._query = None
+        if self._thread is not None:
+            self._thread.stop()
+            if self._thread is not threading.current_thread() and self._on_fatal is not None:
+                self._on_fatal(self._lost_slot)  # the replication thread reports what it raises itself
+        raise self._lost_slot
+
+    def _resumed_publication(self, cursor: Any) -> Optional[Set[TableName]]:
+        """The tables of a resumed durable slot's publication; None if it has none.
+
+        A slot made by flash_wal before 0.2 is resumed with its publication's old name:
+        the slot's WAL is decoded with the publications named as they were then, so a
+        publication made now under the new name would not be seen for it.
+        """
+        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
+        if ownership.check_publication(cursor, self._publication, prefix, slot) is None:
+            legacy = ownership.legacy_publication_name(prefix, slot)
+            tables = server.publication_tables(cursor, legacy)
+            if tables is not None:
+                logger.warning(
+                    "resuming the durable slot %s with its publication %s, named as by flash_wal before 0.2; "
+                    "it is used and kept as it is. Run 'flash-wal cleanup --prefix %s --slot %s' once it is no "
+                    "longer needed to move to the new name %s (what the slot kept is then lost)",
+                    slot, legacy, prefix, slot, self._publication,
+                )
+                self._publication = legacy
+                return tables
+        return server.publication_tables(cursor, self._publication)
 
     def _restore_publication(self) -> None:
         """Put the publication back the way this driver left it, if someone changed it."""
-        name = self.config.publication_name
+        name = self._publication
         with self._lock:
             cursor = self._query_cursor()
             current = server.publication_tables(cursor, name)
@@ -290,7 +363,7 @@ class Driver(base.Driver):
             if current is None:
                 logger.warning("publication %r no longer exists; creating it again", name)
                 server.describe_tables(cursor, self._tables)  # a table dropped meanwhile is fatal
-                server.create_publication(cursor, name, self._tables, self.server_version)
+                server.create_publication(cursor, name, self._tables, self.server_version, self._owner)
             else:
                 logger.warning("publication %r was altered by someone else; restoring its tables", name)
                 server.alter_publication(cursor, name, add=self._tables - current, drop=current - self._tables)
@@ -336,26 +409,48 @@ class Driver(base.Driver):
                 f"pid {state.active_pid}); give each instance its own replication_slot and "
                 "publication_slot_prefix, or stop the other one"
             )
+        foreign = ownership.foreign_slot(cursor, slot)
         if not self.config.durable:
-            logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
+            self._check_slot_is_a_durable_leftover(cursor, foreign)
+            logger.warning("dropping the inactive durable replication slot %r that this configuration "
+                           "made with durable=True", slot)
             server.drop_slot(cursor, slot)
             return False
+        if foreign is not None:
+            raise ConfigurationError(
+                f"replication slot {slot!r} exists but is not a pgoutput slot of this database that "
+                f"flash_wal could resume: it is {foreign}. Choose another replication_slot, or drop "
+                f"that slot if it is no longer needed: SELECT pg_drop_replication_slot('{slot}')"
+            )
         if state.invalidated:
             raise server.invalidated_slot_error(slot, "its wal_status is 'lost'")
-        cursor.execute("SELECT current_database()")
-        database = cursor.fetchone()[0]
-        if state.plugin != "pgoutput" or state.database != database or state.temporary:
-            raise ConfigurationError(
-                f"replication slot {slot!r} exists but is not a pgoutput slot of database "
-                f"{database!r} (plugin {state.plugin!r}, database {state.database!r}); choose "
-                "another replication_slot, or drop that slot if it is no longer needed"
-            )
         return True
+
+    def _check_slot_is_a_durable_leftover(self, cursor: Any, foreign: Optional[str]) -> None:
+        """A client with durable=False replaces an inactive slot of its name only when
+        flash_wal can tell it made it: a pgoutput slot of this database whose
+        publication says this configuration made it durable."""
+        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
+        owner = ownership.check_publication(cursor, self._publication, prefix, slot)
+        if foreign is None and owner is not None and owner.durable:
+            return
+        if foreign is not None:
+            what = f"it is {foreign}"
+            fix = f"if it is not needed, drop it: SELECT pg_drop_replication_slot('{slot}')"
+        else:
+            what = ("a persistent pgoutput slot of this database, but its publication "
+                    f"{self._publication!r} {'does not exist' if owner is None else 'says it was temporary'}")
+            fix = (f"if it is not needed, drop it with 'flash-wal cleanup --prefix {prefix} --slot {slot}' "
+                   "or SELECT pg_drop_replication_slot(...); or resume it with durable=True")
+        raise ConfigurationError(
+            f"replication slot {slot!r} exists and is not in use, but flash_wal cannot tell it made it "
+            f"for this configuration ({what}), so it is left alone. Choose another replication_slot; or, {fix}"
+        )
 
     def _plugin_options(self) -> Dict[str, str]:
         options = {
             "proto_version": str(self.protocol_version),
-            "publication_names": self.config.publication_name,
+            "publication_names": self._publication,
         }
         if self.server_version >= 140000:
             options["messages"] = "true"
@@ -365,20 +460,28 @@ class Driver(base.Driver):
 
     def _remove_server_objects(self) -> None:
         cursor = self._query_cursor()
-        server.drop_publication(cursor, self.config.publication_name)
+        server.drop_publication(cursor, self._publication)
         # A temporary slot goes when its walsender exits, a moment after we disconnect;
         # a persistent one is dropped once that walsender lets go of it.
         state = server.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=not self.config.durable)
         if state is not None and state.active_pid is None:
             server.drop_slot(cursor, self.config.replication_slot)
 
-    def _clean_up_failed_start(self, published: bool, drop_slot: bool) -> None:
+    def _clean_up_failed_start(
+        self, published: bool, drop_slot: bool, identities: Optional[List[identity.ReplicaIdentity]]
+    ) -> None:
         if self._thread is not None:
             self._thread.stop()
             self._thread.join()
             self._thread = None
         if self._query is None:
             return
+        try:
+            if identities is not None:
+                identity.restore_replica_identities(self._query.cursor(), identities)
+        except psycopg2.Error:
+            logger.warning("could not put back the replica identity of the listened tables after a "
+                           "failed start", exc_info=True)
         try:
             if published:
                 self._remove_server_objects()

@@ -17,6 +17,7 @@ from psycopg2 import sql
 from ...decoding import TypeCasters, lookup_types_with
 from ...errors import ConfigurationError, SlotInvalidatedError
 from ...listener import Listener, TableName
+from .ownership import PublicationOwner
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,9 @@ def set_replica_identity_full(cursor, infos: Iterable[TableInfo]) -> None:
             )
 
 
-def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int) -> None:
-    """Create the publication afresh, replacing a leftover of the same name.
+def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner) -> None:
+    """Create the publication afresh, replacing a leftover of the same name, and mark
+    it as ``owner``'s (the caller has checked that a leftover is that owner's).
 
     From PostgreSQL 13, changes to a partition are published as changes of the
     partitioned table, so a listener on the partitioned table hears them.
@@ -218,6 +220,7 @@ def create_publication(cursor, name: str, tables: Iterable[TableName], server_ve
             create += sql.SQL(", publish_via_partition_root = true")
         create += sql.SQL(")")
         cursor.execute(create)
+        cursor.execute(sql.SQL("COMMENT ON PUBLICATION {} IS %s").format(sql.Identifier(name)), (owner.marker(),))
         cursor.execute("COMMIT")
     except BaseException:
         cursor.execute("ROLLBACK")
@@ -356,49 +359,3 @@ def drop_slot(cursor, slot: str) -> None:
         " WHERE slot_name = %s AND active_pid IS NULL",
         (slot,),
     )
-
-
-@attr.s(frozen=True, slots=True, kw_only=True)
-class SlotReport:
-    """What the server holds for one replication slot name of a prefix."""
-
-    slot: str = attr.ib()
-    publication: Optional[str] = attr.ib()
-    tables: Sequence[str] = attr.ib()
-    exists: bool = attr.ib()
-    temporary: Optional[bool] = attr.ib()
-    active_pid: Optional[int] = attr.ib()
-    #: The server's WAL position minus the slot's confirmed position.
-    lag_bytes: Optional[int] = attr.ib()
-    wal_status: Optional[str] = attr.ib()
-    plugin: Optional[str] = attr.ib()
-    database: Optional[str] = attr.ib()
-
-
-def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
-    """The slots whose publication ``<prefix>_<slot>`` exists, and the named ``slots``."""
-    cursor.execute(
-        "WITH pubs AS ("
-        "  SELECT pubname::text, substr(pubname, length(%(prefix)s) + 2) AS slot_name"
-        "  FROM pg_catalog.pg_publication WHERE left(pubname, length(%(prefix)s) + 1) = %(prefix)s || '_'"
-        "), names AS ("
-        "  SELECT slot_name FROM pubs UNION SELECT unnest(%(slots)s::text[])"
-        ")"
-        " SELECT n.slot_name, pubs.pubname,"
-        "  ARRAY(SELECT t.schemaname || '.' || t.tablename FROM pg_catalog.pg_publication_tables t"
-        "        WHERE t.pubname = pubs.pubname ORDER BY 1),"
-        "  s.slot_name IS NOT NULL, s.temporary, s.active_pid,"
-        "  (pg_catalog.pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8,"
-        "  pg_catalog.to_jsonb(s) ->> 'wal_status', s.plugin::text, s.database::text"
-        " FROM names n LEFT JOIN pubs USING (slot_name)"
-        " LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n.slot_name"
-        " ORDER BY 1",
-        {"prefix": prefix, "slots": list(slots)},
-    )
-    return [
-        SlotReport(slot=slot, publication=publication, tables=tuple(tables), exists=exists,
-                   temporary=temporary, active_pid=pid, lag_bytes=lag, wal_status=wal_status,
-                   plugin=plugin, database=database)
-        for slot, publication, tables, exists, temporary, pid, lag, wal_status, plugin, database
-        in cursor.fetchall()
-    ]
