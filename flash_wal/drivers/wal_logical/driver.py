@@ -15,7 +15,7 @@ from ...errors import ConfigurationError, FlashError, SlotInUseError
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
-from . import identity, ownership, server
+from . import claim, identity, ownership, server
 from .stream import ReplicationThread
 
 __all__ = ["Driver", "DriverConfig"]
@@ -151,8 +151,10 @@ class Driver(base.Driver):
             if dispatcher.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
-            slot_existed = self._claim_slot(cursor)
-            current = self._resumed_publication(cursor) if slot_existed else None
+            slot_existed = claim.claim_slot(cursor, config)
+            current = None
+            if slot_existed:
+                self._publication, current = claim.resumed_publication(cursor, config)
             if current is not None:
                 # Resuming: the slot's WAL is decoded with the publication as it was
                 # then, so it is altered, never replaced.
@@ -330,28 +332,6 @@ class Driver(base.Driver):
                 self._on_fatal(self._lost_slot)  # the replication thread reports what it raises itself
         raise self._lost_slot
 
-    def _resumed_publication(self, cursor: Any) -> Optional[Set[TableName]]:
-        """The tables of a resumed durable slot's publication; None if it has none.
-
-        A slot made by flash_wal before 0.2 is resumed with its publication's old name:
-        the slot's WAL is decoded with the publications named as they were then, so a
-        publication made now under the new name would not be seen for it.
-        """
-        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
-        if ownership.check_publication(cursor, self._publication, prefix, slot) is None:
-            legacy = ownership.legacy_publication_name(prefix, slot)
-            tables = server.publication_tables(cursor, legacy)
-            if tables is not None:
-                logger.warning(
-                    "resuming the durable slot %s with its publication %s, named as by flash_wal before 0.2; "
-                    "it is used and kept as it is. Run 'flash-wal cleanup --prefix %s --slot %s' once it is no "
-                    "longer needed to move to the new name %s (what the slot kept is then lost)",
-                    slot, legacy, prefix, slot, self._publication,
-                )
-                self._publication = legacy
-                return tables
-        return server.publication_tables(cursor, self._publication)
-
     def _restore_publication(self) -> None:
         """Put the publication back the way this driver left it, if someone changed it."""
         name = self._publication
@@ -387,65 +367,6 @@ class Driver(base.Driver):
         for listener in listeners:
             server.check_listener_columns(listener, infos[listener.table])
         return infos
-
-    def _claim_slot(self, cursor: Any) -> bool:
-        """Make the slot ours to use; True when an existing slot is resumed."""
-        slot = self.config.replication_slot
-        if server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout):
-            state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
-        else:
-            state = server.slot_state(cursor, slot)
-            if state is None or state.active_pid is None:
-                raise SlotInUseError(
-                    f"replication slot {slot!r} is in use by another running instance (it is "
-                    "starting or reconnecting); give each instance its own replication_slot "
-                    "and publication_slot_prefix, or stop the other one"
-                )
-        if state is None:
-            return False
-        if state.active_pid is not None:
-            raise SlotInUseError(
-                f"replication slot {slot!r} is in use by another running instance (walsender "
-                f"pid {state.active_pid}); give each instance its own replication_slot and "
-                "publication_slot_prefix, or stop the other one"
-            )
-        foreign = ownership.foreign_slot(cursor, slot)
-        if not self.config.durable:
-            self._check_slot_is_a_durable_leftover(cursor, foreign)
-            logger.warning("dropping the inactive durable replication slot %r that this configuration "
-                           "made with durable=True", slot)
-            server.drop_slot(cursor, slot)
-            return False
-        if foreign is not None:
-            raise ConfigurationError(
-                f"replication slot {slot!r} exists but is not a pgoutput slot of this database that "
-                f"flash_wal could resume: it is {foreign}. Choose another replication_slot, or drop "
-                f"that slot if it is no longer needed: SELECT pg_drop_replication_slot('{slot}')"
-            )
-        if state.invalidated:
-            raise server.invalidated_slot_error(slot, "its wal_status is 'lost'")
-        return True
-
-    def _check_slot_is_a_durable_leftover(self, cursor: Any, foreign: Optional[str]) -> None:
-        """A client with durable=False replaces an inactive slot of its name only when
-        flash_wal can tell it made it: a pgoutput slot of this database whose
-        publication says this configuration made it durable."""
-        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
-        owner = ownership.check_publication(cursor, self._publication, prefix, slot)
-        if foreign is None and owner is not None and owner.durable:
-            return
-        if foreign is not None:
-            what = f"it is {foreign}"
-            fix = f"if it is not needed, drop it: SELECT pg_drop_replication_slot('{slot}')"
-        else:
-            what = ("a persistent pgoutput slot of this database, but its publication "
-                    f"{self._publication!r} {'does not exist' if owner is None else 'says it was temporary'}")
-            fix = (f"if it is not needed, drop it with 'flash-wal cleanup --prefix {prefix} --slot {slot}' "
-                   "or SELECT pg_drop_replication_slot(...); or resume it with durable=True")
-        raise ConfigurationError(
-            f"replication slot {slot!r} exists and is not in use, but flash_wal cannot tell it made it "
-            f"for this configuration ({what}), so it is left alone. Choose another replication_slot; or, {fix}"
-        )
 
     def _plugin_options(self) -> Dict[str, str]:
         options = {

@@ -184,11 +184,16 @@ def foreign_slot(cursor, slot: str) -> Optional[str]:
     return f"a {kind} logical slot of plugin {plugin!r} in database {database!r} (this is {current!r})"
 
 
+def drop_slot_sql(slot: str) -> str:
+    """The statement that drops the slot, for messages ([a-z0-9_] needs no quoting)."""
+    return f"SELECT pg_drop_replication_slot('{slot}')"
+
+
 def check_slot_is_droppable(cursor, slot: str) -> None:
     """Raise ConfigurationError when the slot exists and is not of a kind flash_wal makes."""
     foreign = foreign_slot(cursor, slot)
     if foreign is not None:
         raise ConfigurationError(
             f"replication slot {slot!r} is {foreign}, not one flash_wal makes, so it is left alone; "
-            f"if it is not needed, drop it yourself: SELECT pg_drop_replication_slot('{slot}')"
+            f"if it is not needed, drop it yourself: {drop_slot_sql(slot)}"
         )

@@ -7,7 +7,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 import json
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set
 
 import attr
 import psycopg2
