@@ -218,7 +218,7 @@ def _add_status_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
             "List every replication slot whose publication <prefix>-<slot> exists: durable "
             "or temporary, active (with the walsender's pid) or not, how many bytes of WAL "
             "it is behind the server, and the tables its publication holds. A publication "
-            "named <prefix>_<slot> by flash_wal before 0.2 is listed, as '(old name)', when its "
+            "named <prefix>_<slot> by flash_wal 0.1.0 is listed, as '(old name)', when its "
             "slot exists and no other slot's name could have made it."
         ),
     )
@@ -262,7 +262,7 @@ def _add_cleanup_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
         description=(
             "Drop the replication slot SLOT and the publication <prefix>-<slot>, as left "
             "behind by a durable client or a killed one (and the publication <prefix>_<slot> "
-            "of flash_wal before 0.2, unless another slot's name could have made it). A slot in "
+            "of flash_wal 0.1.0, unless another slot's name could have made it). A slot in "
             "use is never dropped, nor one flash_wal does not make (another plugin, database "
             "or kind), nor a publication flash_wal did not make for PREFIX and SLOT; a durable "
             "slot only after a yes (or with --yes), since what it kept is lost."

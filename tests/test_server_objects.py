@@ -2,6 +2,8 @@
 only what it made (slots, publications, the slot's lock, replica identity)."""
 
 import logging
+import os
+import socket
 
 import pytest
 from psycopg2 import sql
@@ -99,7 +101,7 @@ def test_temporary_client_replaces_the_durable_slot_of_its_own_configuration(mak
     durable.on(table)(lambda event: None)
     with durable:
         pass
-    assert slot_kind(db, slot) == ("pgoutput", False, False)
+    wait_for(lambda: slot_kind(db, slot) == ("pgoutput", False, False), what="the durable slot, inactive")
     client = make_client(driver=Driver(DriverConfig(**config)))
     client.on(table)(lambda event: None)
     with client:
@@ -129,7 +131,7 @@ def test_a_publication_flash_wal_did_not_make_is_neither_replaced_nor_altered(ma
 def test_durable_slot_of_an_older_version_resumes_with_its_old_publication(make_table, db, unique, caplog):
     table = make_table()
     prefix, slot = f"pub_{unique}", f"flash_{unique}"
-    old_name = f"{prefix}_{slot}"  # what flash_wal before 0.2 made, with no comment
+    old_name = f"{prefix}_{slot}"  # what flash_wal 0.1.0 made, with no comment
     db.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(old_name), sql.Identifier(table)))
     db.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
     insert(db, table, "while the old version was stopped")
@@ -140,7 +142,7 @@ def test_durable_slot_of_an_older_version_resumes_with_its_old_publication(make_
     try:
         with caplog.at_level(logging.WARNING, logger="flash_wal"), client:
             assert recorder.wait(1)[0].new["title"] == "while the old version was stopped"
-        assert f"with its publication {old_name}, named as by flash_wal before 0.2" in caplog.text
+        assert f"with its publication {old_name}, named as by flash_wal 0.1.0" in caplog.text
         assert db.publications(prefix) == [old_name]  # kept, and no second one
     finally:
         Driver(config).drop(db.dsn)
@@ -218,6 +220,37 @@ def test_an_instance_that_took_the_slot_during_a_restart_keeps_it(pg_server, dsn
         second.close()
         if check is not None:
             check.close()
+
+
+def test_a_lock_still_held_by_the_clients_own_broken_session_is_taken_back(make_client, make_table, db, unique):
+    """A network failure can break the query connection on the client's side only: the
+    server keeps the old session, and its lock, until it notices."""
+    table = make_table()
+    recorder = Recorder()
+    client = make_client(slot=f"flash_{unique}")
+    client.on(table, Operation.INSERT)(recorder)
+    lock_holder = ("SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                   " AND l.classid = %s::int4::oid AND l.objid = hashtext(%s)::oid")
+    with client:
+        old_pid = client.driver._query.get_backend_pid()
+        assert db.fetchone(lock_holder, (server.SLOT_LOCK, f"flash_{unique}")) == (old_pid,)
+        descriptor = client.driver._query.fileno()
+        kept = os.dup(descriptor)  # the server's side stays open: it notices nothing
+        ours, gone = socket.socketpair()
+        os.dup2(ours.fileno(), descriptor)  # the client's side now reads end-of-file
+        ours.close()
+        gone.close()
+        try:
+            assert client.stats()["lag_bytes"] is not None  # the query connection is opened again
+            new_pid = client.driver._query.get_backend_pid()
+            assert new_pid != old_pid
+            assert db.fetchone(lock_holder, (server.SLOT_LOCK, f"flash_{unique}")) == (new_pid,)
+            wait_for(lambda: db.fetchone("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old_pid,)) is None,
+                     what="the old session to be ended")
+        finally:
+            os.close(kept)
+        insert(db, table, "still streaming")
+        assert recorder.wait(1)[0].new["title"] == "still streaming"
 
 
 # --- point 19: a failed start puts the replica identity back --------------------------------

@@ -81,7 +81,7 @@ def resumed_publication(cursor, config: Any) -> Tuple[str, Optional[Set[TableNam
     """The name and tables of a resumed durable slot's publication (tables None if it
     has none).
 
-    A slot made by flash_wal before 0.2 is resumed with its publication's old name: the
+    A slot made by flash_wal 0.1.0 is resumed with its publication's old name: the
     slot's WAL is decoded with the publications as they were named then, so one made now
     under the new name would not be seen for it.
     """
@@ -91,7 +91,7 @@ def resumed_publication(cursor, config: Any) -> Tuple[str, Optional[Set[TableNam
         tables = server.publication_tables(cursor, legacy)
         if tables is not None:
             logger.warning(
-                "resuming the durable slot %s with its publication %s, named as by flash_wal before 0.2; "
+                "resuming the durable slot %s with its publication %s, named as by flash_wal 0.1.0; "
                 "it is used and kept as it is. Run 'flash-wal cleanup --prefix %s --slot %s' once it is no "
                 "longer needed to move to the new name %s (what the slot kept is then lost)",
                 slot, legacy, prefix, slot, name,

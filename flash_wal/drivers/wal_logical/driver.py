@@ -3,7 +3,7 @@
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
@@ -108,6 +108,7 @@ class Driver(base.Driver):
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
         self._query: Any = None
+        self._query_session: Optional[Tuple[int, Any]] = None  # its backend, which holds the slot's lock
         self._thread: Optional[ReplicationThread] = None
         self._tables: Set[TableName] = set()
         #: config.publication_name, or the old name of a resumed durable slot's publication
@@ -143,6 +144,7 @@ class Driver(base.Driver):
         try:
             self._query = self._connect_query()
             cursor = self._query.cursor()
+            self._query_session = server.session(cursor)
             self.server_version = server.server_version(cursor)
             self.protocol_version = server.protocol_version_for(self.server_version)
             server.check_server(cursor, config.replication_slot)
@@ -309,6 +311,7 @@ class Driver(base.Driver):
         self._query = self._connect_query()
         cursor = self._query.cursor()
         self._take_slot_lock_again(cursor)
+        self._query_session = server.session(cursor)
         return cursor
 
     def _take_slot_lock_again(self, cursor: Any) -> None:
@@ -316,7 +319,17 @@ class Driver(base.Driver):
         second instance could start on the slot. If one did meanwhile, this client stops:
         never two instances on one slot."""
         slot = self.config.replication_slot
-        if server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout):
+        taken = server.wait_for_slot_lock(cursor, slot, 0)
+        if not taken:
+            if self._query_session is not None and server.slot_lock_holder(cursor, slot) == self._query_session:
+                # The connection broke on this side only (a network failure): the server
+                # has not noticed yet, and our previous session still holds the lock.
+                logger.warning("ending this client's previous query connection (pid %d), which the server "
+                               "still runs and which holds the lock on replication slot %s",
+                               self._query_session[0], slot)
+                cursor.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (self._query_session[0],))
+            taken = server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout)
+        if taken:
             logger.debug("took the lock on replication slot %s again", slot)
             return
         self._lost_slot = SlotInUseError(

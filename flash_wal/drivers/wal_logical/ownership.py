@@ -4,7 +4,7 @@ A configuration is a ``(publication_slot_prefix, replication_slot)`` pair. Its s
 named ``replication_slot``; its publication ``<prefix>-<slot>``: both names are made of
 ``[a-z0-9_]``, so the hyphen tells where the prefix ends and no two configurations share
 a publication (with an underscore, prefix ``a`` and slot ``b_s`` met prefix ``a_b`` and
-slot ``s``). flash_wal before 0.2 used the underscore: a durable slot of that time is
+slot ``s``). flash_wal 0.1.0 used the underscore: a durable slot of that time is
 still resumed with its old publication (see :func:`legacy_publication_name`).
 
 flash_wal drops or changes only what it can tell it made: every publication it creates
@@ -33,7 +33,7 @@ def publication_name(prefix: str, slot: str) -> str:
 
 
 def legacy_publication_name(prefix: str, slot: str) -> str:
-    """The name flash_wal before 0.2 gave the publication: ambiguous, see the module docstring."""
+    """The name flash_wal 0.1.0 gave the publication: ambiguous, see the module docstring."""
     return f"{prefix}_{slot}"
 
 
@@ -98,7 +98,7 @@ class SlotReport:
 
     slot: str = attr.ib()
     publication: Optional[str] = attr.ib()
-    #: The publication has the name flash_wal before 0.2 gave it (``<prefix>_<slot>``).
+    #: The publication has the name flash_wal 0.1.0 gave it (``<prefix>_<slot>``).
     legacy_publication: bool = attr.ib()
     tables: Sequence[str] = attr.ib()
     exists: bool = attr.ib()

@@ -7,7 +7,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 import json
 import logging
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
@@ -301,7 +301,7 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
     lost the race would drop the winner's publication while cleaning up. The lock goes
     with the session, so a killed client's lock is released as soon as the server
     notices, as its slot is; hence the wait, as in :func:`wait_for_slot`. A client
-    whose query connection had to be reopened (after a server restart) runs without it.
+    whose query connection had to be reopened (after a server restart) takes it again.
 
     The server does the waiting (``lock_timeout``, set for this transaction only), so a
     lock released meanwhile is taken at once; a session-level advisory lock outlives the
@@ -323,6 +323,26 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
         raise
     cursor.execute("COMMIT")
     return True
+
+
+def session(cursor) -> Tuple[int, Any]:
+    """This session's backend pid and start time: a pid alone may come back later for
+    another session."""
+    cursor.execute("SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()")
+    return tuple(cursor.fetchone())
+
+
+def slot_lock_holder(cursor, slot: str) -> Optional[Tuple[int, Any]]:
+    """The session (as :func:`session` gives it) holding the slot's advisory lock, if one does."""
+    cursor.execute(
+        "SELECT l.pid, a.backend_start FROM pg_catalog.pg_locks l"
+        " LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+        " AND l.classid = %s::int4::oid AND l.objid = pg_catalog.hashtext(%s)::oid",
+        (SLOT_LOCK, slot),
+    )
+    row = cursor.fetchone()
+    return None if row is None else tuple(row)
 
 
 def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
