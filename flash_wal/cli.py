@@ -180,9 +180,15 @@ def _slot_state(report: Any) -> str:
     return "inactive"
 
 
+def _publication_cell(report: Any) -> str:
+    if report.publication is None:
+        return "-"
+    return f"{report.publication} (old name)" if report.legacy_publication else report.publication
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``flash-wal status``: the slots and publications of a prefix."""
-    from .drivers.wal_logical.server import prefix_report
+    from .drivers.wal_logical.ownership import prefix_report
 
     with _server_cursor(args.dsn) as cursor:
         reports = prefix_report(cursor, args.prefix)
@@ -196,7 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for report in reports:
         rows.append((
             report.slot, _slot_kind(report), _slot_state(report), _format_bytes(report.lag_bytes),
-            report.publication or "-", ", ".join(report.tables) or "-",
+            _publication_cell(report), ", ".join(report.tables) or "-",
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
@@ -209,9 +215,11 @@ def _add_status_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "status",
         help="show the replication slots and publications of a prefix",
         description=(
-            "List every replication slot whose publication <prefix>_<slot> exists: durable "
+            "List every replication slot whose publication <prefix>-<slot> exists: durable "
             "or temporary, active (with the walsender's pid) or not, how many bytes of WAL "
-            "it is behind the server, and the tables its publication holds."
+            "it is behind the server, and the tables its publication holds. A publication "
+            "named <prefix>_<slot> by flash_wal 0.1.0 is listed, as '(old name)', when its "
+            "slot exists and no other slot's name could have made it."
         ),
     )
     _add_server_options(parser, slot=None)
@@ -223,11 +231,12 @@ def _add_status_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """``flash-wal cleanup``: drop the slot and publication a configuration left behind."""
     from .drivers.wal_logical import Driver
-    from .drivers.wal_logical.server import prefix_report
+    from .drivers.wal_logical.ownership import check_slot_is_droppable, slot_report
 
     config = DriverConfig(publication_slot_prefix=args.prefix, replication_slot=args.slot)
     with _server_cursor(args.dsn) as cursor:
-        (report,) = prefix_report(cursor, args.prefix, [args.slot])
+        check_slot_is_droppable(cursor, args.slot)  # before asking whether to drop it
+        report = slot_report(cursor, args.prefix, args.slot)
     if not report.exists and report.publication is None:
         print(f"nothing to clean up: no slot {args.slot!r} and no publication {config.publication_name!r}")
         return EXIT_OK
@@ -251,9 +260,12 @@ def _add_cleanup_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
         "cleanup",
         help="drop the replication slot and publication of a prefix and slot",
         description=(
-            "Drop the replication slot SLOT and the publication <prefix>_<slot>, as left "
-            "behind by a durable client or a killed one. A slot in use is never dropped; a "
-            "durable slot only after a yes (or with --yes), since what it kept is lost."
+            "Drop the replication slot SLOT and the publication <prefix>-<slot>, as left "
+            "behind by a durable client or a killed one (and the publication <prefix>_<slot> "
+            "of flash_wal 0.1.0, unless another slot's name could have made it). A slot in "
+            "use is never dropped, nor one flash_wal does not make (another plugin, database "
+            "or kind), nor a publication flash_wal did not make for PREFIX and SLOT; a durable "
+            "slot only after a yes (or with --yes), since what it kept is lost."
         ),
     )
     _add_server_options(parser, slot=_DEFAULTS.replication_slot)

@@ -11,7 +11,7 @@ from flash_wal import Client, Operation
 from flash_wal.cli import main
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
-from .conftest import ROOT, Recorder
+from .conftest import ROOT, ConsumerProcess, Recorder, wait_for
 
 
 def durable_client(db, unique, table):
@@ -117,8 +117,78 @@ def test_cleanup_refuses_a_slot_in_use(db, make_table, unique, capsys):
 
 def test_cleanup_drops_the_publication_a_killed_temporary_client_left(db, make_table, unique, capsys):
     table = make_table()
+    killed = ConsumerProcess(db.dsn, table, f"flash_{unique}", f"pub_{unique}")
+    try:
+        killed.wait_line("streaming")
+    finally:
+        killed.kill()
+    assert db.publications(f"pub_{unique}") == [f"pub_{unique}-flash_{unique}"]
+    wait_for(lambda: db.slots(f"flash_{unique}") == [], what="the temporary slot to go with its walsender")
+    assert main(["cleanup", "--dsn", db.dsn, "--prefix", f"pub_{unique}", "--slot", f"flash_{unique}"]) == 0
+    assert f"dropped publication 'pub_{unique}-flash_{unique}'" in capsys.readouterr().out
+    assert db.publications(f"pub_{unique}") == []
+
+
+def test_cleanup_drops_a_publication_with_the_name_of_an_older_version(db, make_table, unique, capsys):
+    table = make_table()
     db.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
         sql.Identifier(f"pub_{unique}_flash_{unique}"), sql.Identifier(table)))
     assert main(["cleanup", "--dsn", db.dsn, "--prefix", f"pub_{unique}", "--slot", f"flash_{unique}"]) == 0
     assert f"dropped publication 'pub_{unique}_flash_{unique}'" in capsys.readouterr().out
     assert db.publications(f"pub_{unique}") == []
+
+
+def test_status_and_cleanup_never_take_a_longer_prefixs_objects(db, make_table, unique, capsys):
+    """Prefix p_x with slot s: once the publication p_x_s, which prefix p read as slot x_s's."""
+    table = make_table()
+    longer = Driver(DriverConfig(publication_slot_prefix=f"p{unique}_x", replication_slot=f"s{unique}", durable=True))
+    client = Client(database_cnx=db.dsn, driver=longer)
+    client.on(table)(lambda event: None)
+    with client:
+        pass
+    try:
+        assert main(["status", "--dsn", db.dsn, "--prefix", f"p{unique}", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert main(["status", "--dsn", db.dsn, "--prefix", f"p{unique}_x", "--json"]) == 0
+        assert [r["slot"] for r in json.loads(capsys.readouterr().out)] == [f"s{unique}"]
+        assert main(["cleanup", "--dsn", db.dsn, "--prefix", f"p{unique}", "--slot", f"x_s{unique}", "--yes"]) == 0
+        assert "nothing to clean up" in capsys.readouterr().out
+        assert db.publications(f"p{unique}_x") == [longer.config.publication_name]
+    finally:
+        longer.drop(db.dsn)
+
+
+def test_cleanup_of_a_slot_that_is_not_there_while_the_prefix_has_another(db, make_table, unique, capsys):
+    table = make_table()
+    left_durable_slot(db, unique, table)
+    try:
+        assert main(["cleanup", "--dsn", db.dsn, "--prefix", f"pub_{unique}", "--slot", f"other_{unique}"]) == 0
+        assert "nothing to clean up" in capsys.readouterr().out
+        assert db.slots(f"flash_{unique}") != []
+    finally:
+        Driver(DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}")).drop(db.dsn)
+
+
+def test_cleanup_leaves_a_slot_flash_wal_does_not_make(db, unique, capsys):
+    db.execute("SELECT pg_create_physical_replication_slot(%s)", (f"flash_{unique}",))
+    try:
+        code = main(["cleanup", "--dsn", db.dsn, "--prefix", f"pub_{unique}", "--slot", f"flash_{unique}", "--yes"])
+        assert code == 1
+        assert "physical slot" in capsys.readouterr().err
+        assert db.slots(f"flash_{unique}") == [(f"flash_{unique}", False)]
+    finally:
+        db.execute("SELECT pg_drop_replication_slot(%s)", (f"flash_{unique}",))
+
+
+def test_status_lists_the_durable_slot_of_an_older_version(db, make_table, unique, capsys):
+    table = make_table()
+    old_name = f"pub_{unique}_flash_{unique}"
+    db.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(old_name), sql.Identifier(table)))
+    db.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"flash_{unique}",))
+    try:
+        assert main(["status", "--dsn", db.dsn, "--prefix", f"pub_{unique}"]) == 0
+        line, = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"flash_{unique} ")]
+        assert f"{old_name} (old name)" in line and " durable " in line
+    finally:
+        assert main(["cleanup", "--dsn", db.dsn, "--prefix", f"pub_{unique}", "--slot", f"flash_{unique}", "--yes"]) == 0
+    assert db.slots(f"flash_{unique}") == [] and db.publications(f"pub_{unique}") == []

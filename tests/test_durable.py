@@ -54,6 +54,9 @@ def test_existing_slot_of_another_kind_is_refused(make_table, db, unique, droppe
     with pytest.raises(ConfigurationError, match="not a pgoutput slot"):
         client.start()
     assert db.slots(f"flash_{unique}") == [(f"flash_{unique}", False)]  # not ours to drop
+    with pytest.raises(ConfigurationError, match="physical slot"):
+        durable_driver(unique).drop(db.dsn)  # nor Driver.drop's
+    db.execute("SELECT pg_drop_replication_slot(%s)", (f"flash_{unique}",))
 
 
 def test_drop_refuses_a_slot_in_use(make_table, db, unique, dropped_after):

@@ -3,7 +3,7 @@
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
@@ -14,7 +14,7 @@ from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUs
 from ...listener import Listener, TableName
 from ...validators import instance_of, positive_int, seconds
 from .. import base
-from . import identity, server
+from . import claim, identity, ownership, server
 from .stream import ReplicationThread
 
 __all__ = ["Driver", "DriverConfig"]
@@ -38,7 +38,7 @@ class DriverConfig:
     """Settings of the wal_logical driver. Every instance needs its own names."""
 
     #: Start of the publication's name, which is
-    #: ``<publication_slot_prefix>_<replication_slot>`` (63 bytes at most). Unique per
+    #: ``<publication_slot_prefix>-<replication_slot>`` (63 bytes at most). Unique per
     #: client. Names are 1 to 63 lower-case letters, digits and underscores.
     publication_slot_prefix: str = attr.ib(default="flash_publication", validator=_check_server_name)
     #: The replication slot's exact name. Unique per running client.
@@ -90,8 +90,10 @@ class DriverConfig:
 
     @property
     def publication_name(self) -> str:
-        """The publication's name: derived from both names, so a restart finds it again."""
-        return f"{self.publication_slot_prefix}_{self.replication_slot}"
+        """The publication's name: derived from both names, so a restart finds it again,
+        and joined by a hyphen, which neither may contain, so that no two configurations
+        share it."""
+        return ownership.publication_name(self.publication_slot_prefix, self.replication_slot)
 
 
 class Driver(base.Driver):
@@ -106,12 +108,21 @@ class Driver(base.Driver):
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
         self._query: Any = None
+        self._query_session: Optional[Tuple[int, Any]] = None  # its backend, which holds the slot's lock
         self._thread: Optional[ReplicationThread] = None
         self._tables: Set[TableName] = set()
         self._table_oids: Dict[TableName, int] = {}  # of self._tables, to tell a rename
         # The publication as this driver last left it, to tell a change behind our back.
-        self._publication: Optional[server.PublicationState] = None
+        self._publication_seen: Optional[server.PublicationState] = None
         self._on_tables_gone: Callable[[Iterable[TableName]], None] = lambda tables: None
+        #: config.publication_name, or the old name of a resumed durable slot's publication
+        self._publication = config.publication_name
+        self._owner = ownership.PublicationOwner(
+            prefix=config.publication_slot_prefix, slot=config.replication_slot, durable=config.durable
+        )
+        self._on_fatal: Optional[Callable[[BaseException], None]] = None
+        #: Set once another instance took the slot's lock while this one was disconnected.
+        self._lost_slot: Optional[SlotInUseError] = None
         self.server_version = 0
         self.protocol_version = 0
 
@@ -130,12 +141,15 @@ class Driver(base.Driver):
         if self._dsn is not None:
             raise FlashError("this Driver has already been started; give each Client its own Driver")
         self._dsn = database_cnx
+        self._on_fatal = on_fatal
         config = self.config
         published = False
         slot_existed = True  # until we know the slot is ours to create (and to drop on failure)
+        identities_before: Optional[List[identity.ReplicaIdentity]] = None
         try:
             self._query = self._connect_query()
             cursor = self._query.cursor()
+            self._query_session = server.session(cursor)
             self.server_version = server.server_version(cursor)
             self.protocol_version = server.protocol_version_for(self.server_version)
             server.check_server(cursor, config.replication_slot)
@@ -147,26 +161,31 @@ class Driver(base.Driver):
             install_trigger = identity.check_replica_identities(
                 cursor, infos.values(), full=config.replica_identity_full, server_version=self.server_version
             )
-            slot_existed = self._claim_slot(cursor)
-            current = server.publication_tables(cursor, config.publication_name) if slot_existed else None
+            slot_existed = claim.claim_slot(cursor, config)
+            current = None
+            if slot_existed:
+                self._publication, current = claim.resumed_publication(cursor, config)
             if current is not None:
                 # Resuming: the slot's WAL is decoded with the publication as it was
                 # then, so it is altered, never replaced.
-                server.alter_publication(cursor, config.publication_name, add=set(infos) - current,
+                server.alter_publication(cursor, self._publication, add=set(infos) - current,
                                          drop=current - set(infos))
-                server.ensure_publication_options(cursor, config.publication_name, self.server_version)
+                server.ensure_publication_options(cursor, self._publication, self.server_version)
             else:
-                server.create_publication(cursor, config.publication_name, infos, self.server_version)
+                ownership.check_publication(cursor, self._publication, config.publication_slot_prefix,
+                                            config.replication_slot)
+                server.create_publication(cursor, self._publication, infos, self.server_version, self._owner)
                 published = True
+            identities_before = identity.replica_identities(cursor, (info.oid for info in infos.values()))
             self._set_identities(cursor, infos.values(), install_trigger)
             self._tables = set(infos)
             self._table_oids = {table: info.oid for table, info in infos.items()}
-            self._publication = server.publication_state(cursor, config.publication_name)
+            self._publication_seen = server.publication_state(cursor, self._publication)
             self._on_tables_gone = on_tables_gone
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
                 slot=config.replication_slot,
-                publication=config.publication_name,
+                publication=self._publication,
                 create_slot=None if slot_existed else ("persistent" if config.durable else "temporary"),
                 plugin_options=self._plugin_options(),
                 protocol_version=self.protocol_version,
@@ -185,10 +204,10 @@ class Driver(base.Driver):
                 "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
                 ("resumed durable" if slot_existed else "durable") if config.durable else "temporary",
-                config.replication_slot, config.publication_name, self.protocol_version,
+                config.replication_slot, self._publication, self.protocol_version,
             )
         except BaseException as exc:
-            self._clean_up_failed_start(published, drop_slot=not slot_existed)
+            self._clean_up_failed_start(published, drop_slot=not slot_existed, identities=identities_before)
             error = _as_setup_error(exc, config.setup_timeout)
             if error is exc:
                 raise
@@ -206,14 +225,12 @@ class Driver(base.Driver):
                     cursor, new_infos, full=self.config.replica_identity_full, server_version=self.server_version
                 )
                 self._set_identities(cursor, new_infos, install_trigger)
-                server.alter_publication(
-                    cursor, self.config.publication_name, add=added, drop=self._tables - wanted
-                )
-                logger.debug("publication %s now holds %s", self.config.publication_name,
+                server.alter_publication(cursor, self._publication, add=added, drop=self._tables - wanted)
+                logger.debug("publication %s now holds %s", self._publication,
                              ", ".join(sorted(map(str, wanted))) or "no table")
                 self._tables = wanted
                 self._table_oids = {table: info.oid for table, info in infos.items()}
-                self._publication = server.publication_state(cursor, self.config.publication_name)
+                self._publication_seen = server.publication_state(cursor, self._publication)
                 return server.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
@@ -226,15 +243,18 @@ class Driver(base.Driver):
             thread.join()
             drained = thread.drained
         with self._lock:
-            if self._query is not None:
+            if self._lost_slot is not None:
+                logger.info("left slot %s and publication %s to the instance that took the slot",
+                            self.config.replication_slot, self._publication)
+            elif self._query is not None:
                 try:
                     if not self.config.durable:
                         self._remove_server_objects()
-                        logger.debug("removed publication %s and slot %s", self.config.publication_name,
+                        logger.debug("removed publication %s and slot %s", self._publication,
                                      self.config.replication_slot)
                     else:
                         logger.debug("kept the durable slot %s and publication %s",
-                                     self.config.replication_slot, self.config.publication_name)
+                                     self.config.replication_slot, self._publication)
                 finally:
                     self._query.close()
                     self._query = None
@@ -244,21 +264,31 @@ class Driver(base.Driver):
         """Remove this configuration's slot and publication from the server.
 
         For a durable driver that no client runs any more: what the slot kept is gone.
+        A slot of another plugin, database or kind, or a publication flash_wal did not
+        make for this configuration, is a ConfigurationError, and nothing is dropped.
+        A publication with the old name ``<prefix>_<slot>`` is dropped too, unless
+        another existing slot's name could have made it (see ``ownership``).
         """
         if self._thread is not None and self._thread.is_alive():
             raise FlashError("close the client before dropping its slot")
         self._dsn = database_cnx
+        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
         conn = self._connect_query()
         try:
             cursor = conn.cursor()
-            state = server.wait_for_slot(cursor, self.config.replication_slot, self.config.slot_wait_timeout, gone=False)
+            state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
             if state is not None and state.active_pid is not None:
                 raise ConfigurationError(
-                    f"replication slot {self.config.replication_slot!r} is in use (walsender pid "
+                    f"replication slot {slot!r} is in use (walsender pid "
                     f"{state.active_pid}); stop the client that uses it first"
                 )
-            server.drop_slot(cursor, self.config.replication_slot)
-            server.drop_publication(cursor, self.config.publication_name)
+            ownership.check_slot_is_droppable(cursor, slot)
+            report = ownership.slot_report(cursor, prefix, slot)
+            if report.publication is not None and not report.legacy_publication:
+                ownership.check_publication(cursor, report.publication, prefix, slot)
+            server.drop_slot(cursor, slot)
+            if report.publication is not None:
+                server.drop_publication(cursor, report.publication)
         finally:
             conn.close()
 
@@ -311,8 +341,8 @@ class Driver(base.Driver):
             if self._query is None or self._query.closed:
                 return
             cursor = self._query.cursor()
-            state = server.publication_state(cursor, self.config.publication_name)
-            if state is not None and state == self._publication:
+            state = server.publication_state(cursor, self._publication)
+            if state is not None and state == self._publication_seen:
                 return
             gone = self._forget_gone_tables(cursor)
             if state is None:
@@ -320,11 +350,11 @@ class Driver(base.Driver):
                 # without it (PostgreSQL 18) or fails (before). Made again at once,
                 # nothing is lost if nothing changed in between.
                 logger.warning("publication %r no longer exists; creating it again",
-                               self.config.publication_name)
-                server.create_publication(cursor, self.config.publication_name, self._tables, self.server_version)
+                               self._publication)
+                server.create_publication(cursor, self._publication, self._tables, self.server_version, self._owner)
             else:
                 self._check_tables_kept(cursor, state)
-            self._publication = server.publication_state(cursor, self.config.publication_name)
+            self._publication_seen = server.publication_state(cursor, self._publication)
         except psycopg2.Error:
             return
         finally:
@@ -336,8 +366,8 @@ class Driver(base.Driver):
         current = server.table_names(cursor, self._table_oids.values())
         gone = {table for table, oid in self._table_oids.items() if current.get(oid) != table}
         renamed = [current[self._table_oids[table]] for table in gone if self._table_oids[table] in current]
-        if renamed and server.publication_state(cursor, self.config.publication_name) is not None:
-            server.alter_publication(cursor, self.config.publication_name, add=(), drop=renamed)
+        if renamed and server.publication_state(cursor, self._publication) is not None:
+            server.alter_publication(cursor, self._publication, add=(), drop=renamed)
         self._tables -= gone
         for table in gone:
             del self._table_oids[table]
@@ -347,10 +377,11 @@ class Driver(base.Driver):
         removed = sorted(str(table) for table, oid in self._table_oids.items() if oid not in state.relids)
         if removed:
             raise ReplicationError(
-                f"table {', '.join(removed)} was removed from publication {self.config.publication_name!r} "
-                "by someone else while the client streamed: the server skipped its changes from then on. "
-                "Nothing past the last check was acknowledged; leave flash_wal's publications to flash_wal "
-                "and start the client again"
+                f"table {', '.join(removed)} was removed from publication {self._publication!r} "
+                "by someone else while the client streamed: the server skipped its changes from then on, "
+                "and cannot send them again (it decodes each change with the publication as it was then). "
+                "Leave flash_wal's publications to flash_wal, and start the client again; the changes made "
+                "to that table meanwhile are missing"
             )
 
     def _report_gone(self, gone: Set[TableName]) -> None:
@@ -361,21 +392,58 @@ class Driver(base.Driver):
             threading.Thread(target=self._on_tables_gone, args=(gone,), name="flash_wal-detach", daemon=True).start()
 
     def _query_cursor(self) -> Any:
-        """A cursor of the query connection, opened again if the server dropped it."""
-        if self._query.closed:
-            self._query = self._connect_query()
-        cursor = self._query.cursor()
-        try:
-            cursor.execute("SELECT 1")
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self._query.close()
-            self._query = self._connect_query()
+        """A cursor of the query connection, opened again (with the slot's lock) if the
+        server dropped it."""
+        if self._lost_slot is not None:
+            raise self._lost_slot
+        if not self._query.closed:
             cursor = self._query.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                return cursor
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._query.close()
+        self._query = self._connect_query()
+        cursor = self._query.cursor()
+        self._take_slot_lock_again(cursor)
+        self._query_session = server.session(cursor)
         return cursor
+
+    def _take_slot_lock_again(self, cursor: Any) -> None:
+        """The slot's lock went with the old session (a server restart): without it, a
+        second instance could start on the slot. If one did meanwhile, this client stops:
+        never two instances on one slot."""
+        slot = self.config.replication_slot
+        taken = server.wait_for_slot_lock(cursor, slot, 0)
+        if not taken:
+            if self._query_session is not None and server.slot_lock_holder(cursor, slot) == self._query_session:
+                # The connection broke on this side only (a network failure): the server
+                # has not noticed yet, and our previous session still holds the lock.
+                logger.warning("ending this client's previous query connection (pid %d), which the server "
+                               "still runs and which holds the lock on replication slot %s",
+                               self._query_session[0], slot)
+                cursor.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (self._query_session[0],))
+            taken = server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout)
+        if taken:
+            logger.debug("took the lock on replication slot %s again", slot)
+            return
+        self._lost_slot = SlotInUseError(
+            f"another instance took replication slot {slot!r} while this client was disconnected "
+            "from the server (its lock on the slot went with the connection), so this client "
+            "stops; give each instance its own replication_slot and publication_slot_prefix"
+        )
+        self._query.close()
+        self._query = None
+        if self._thread is not None:
+            self._thread.stop()
+            if self._thread is not threading.current_thread() and self._on_fatal is not None:
+                self._on_fatal(self._lost_slot)  # the replication thread reports what it raises itself
+        raise self._lost_slot
 
     def _restore_publication(self) -> None:
         """Before a reconnection attempt: the server may have restarted (the query
-        connection is opened again) and the publication may have been changed."""
+        connection is opened again, with the slot's lock) and the publication may have
+        been changed."""
         with self._lock:
             self._query_cursor()
         self._check_publication()
@@ -409,47 +477,10 @@ class Driver(base.Driver):
             server.check_listener_columns(listener, infos[listener.table])
         return infos
 
-    def _claim_slot(self, cursor: Any) -> bool:
-        """Make the slot ours to use; True when an existing slot is resumed."""
-        slot = self.config.replication_slot
-        if server.wait_for_slot_lock(cursor, slot, self.config.slot_wait_timeout):
-            state = server.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
-        else:
-            state = server.slot_state(cursor, slot)
-            if state is None or state.active_pid is None:
-                raise SlotInUseError(
-                    f"replication slot {slot!r} is in use by another running instance (it is "
-                    "starting or reconnecting); give each instance its own replication_slot "
-                    "and publication_slot_prefix, or stop the other one"
-                )
-        if state is None:
-            return False
-        if state.active_pid is not None:
-            raise SlotInUseError(
-                f"replication slot {slot!r} is in use by another running instance (walsender "
-                f"pid {state.active_pid}); give each instance its own replication_slot and "
-                "publication_slot_prefix, or stop the other one"
-            )
-        if not self.config.durable:
-            logger.warning("dropping the inactive replication slot %r left over from an earlier run", slot)
-            server.drop_slot(cursor, slot)
-            return False
-        if state.invalidated:
-            raise server.invalidated_slot_error(slot, "its wal_status is 'lost'")
-        cursor.execute("SELECT current_database()")
-        database = cursor.fetchone()[0]
-        if state.plugin != "pgoutput" or state.database != database or state.temporary:
-            raise ConfigurationError(
-                f"replication slot {slot!r} exists but is not a pgoutput slot of database "
-                f"{database!r} (plugin {state.plugin!r}, database {state.database!r}); choose "
-                "another replication_slot, or drop that slot if it is no longer needed"
-            )
-        return True
-
     def _plugin_options(self) -> Dict[str, str]:
         options = {
             "proto_version": str(self.protocol_version),
-            "publication_names": self.config.publication_name,
+            "publication_names": self._publication,
         }
         if self.server_version >= 140000:
             options["messages"] = "true"
@@ -459,20 +490,28 @@ class Driver(base.Driver):
 
     def _remove_server_objects(self) -> None:
         cursor = self._query_cursor()
-        server.drop_publication(cursor, self.config.publication_name)
+        server.drop_publication(cursor, self._publication)
         # A temporary slot goes when its walsender exits, a moment after we disconnect;
         # a persistent one is dropped once that walsender lets go of it.
         state = server.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=not self.config.durable)
         if state is not None and state.active_pid is None:
             server.drop_slot(cursor, self.config.replication_slot)
 
-    def _clean_up_failed_start(self, published: bool, drop_slot: bool) -> None:
+    def _clean_up_failed_start(
+        self, published: bool, drop_slot: bool, identities: Optional[List[identity.ReplicaIdentity]]
+    ) -> None:
         if self._thread is not None:
             self._thread.stop()
             self._thread.join()
             self._thread = None
         if self._query is None:
             return
+        try:
+            if identities is not None:
+                identity.restore_replica_identities(self._query.cursor(), identities)
+        except psycopg2.Error:
+            logger.warning("could not put back the replica identity of the listened tables after a "
+                           "failed start", exc_info=True)
         try:
             if published:
                 self._remove_server_objects()

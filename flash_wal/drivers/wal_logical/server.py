@@ -7,7 +7,7 @@ quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 import json
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
@@ -17,6 +17,7 @@ from psycopg2 import sql
 from ...decoding import TypeCasters, lookup_types_with
 from ...errors import ConfigurationError, SlotInvalidatedError
 from ...listener import Listener, TableName
+from .ownership import PublicationOwner
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,9 @@ def table_identifier(table: TableName) -> sql.Composable:
     return sql.SQL(".").join([sql.Identifier(table.schema), sql.Identifier(table.name)])
 
 
-def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int) -> None:
-    """Create the publication afresh, replacing a leftover of the same name.
+def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner) -> None:
+    """Create the publication afresh, replacing a leftover of the same name, and mark
+    it as ``owner``'s (the caller has checked that a leftover is that owner's).
 
     From PostgreSQL 13, changes to a partition are published as changes of the
     partitioned table, so a listener on the partitioned table hears them. From
@@ -213,6 +215,7 @@ def create_publication(cursor, name: str, tables: Iterable[TableName], server_ve
             create += sql.SQL(", publish_generated_columns = stored")
         create += sql.SQL(")")
         cursor.execute(create)
+        cursor.execute(sql.SQL("COMMENT ON PUBLICATION {} IS %s").format(sql.Identifier(name)), (owner.marker(),))
         cursor.execute("COMMIT")
     except BaseException:
         cursor.execute("ROLLBACK")
@@ -305,7 +308,7 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
     lost the race would drop the winner's publication while cleaning up. The lock goes
     with the session, so a killed client's lock is released as soon as the server
     notices, as its slot is; hence the wait, as in :func:`wait_for_slot`. A client
-    whose query connection had to be reopened (after a server restart) runs without it.
+    whose query connection had to be reopened (after a server restart) takes it again.
 
     The server does the waiting (``lock_timeout``, set for this transaction only), so a
     lock released meanwhile is taken at once; a session-level advisory lock outlives the
@@ -327,6 +330,26 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
         raise
     cursor.execute("COMMIT")
     return True
+
+
+def session(cursor) -> Tuple[int, Any]:
+    """This session's backend pid and start time: a pid alone may come back later for
+    another session."""
+    cursor.execute("SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()")
+    return tuple(cursor.fetchone())
+
+
+def slot_lock_holder(cursor, slot: str) -> Optional[Tuple[int, Any]]:
+    """The session (as :func:`session` gives it) holding the slot's advisory lock, if one does."""
+    cursor.execute(
+        "SELECT l.pid, a.backend_start FROM pg_catalog.pg_locks l"
+        " LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+        " AND l.classid = %s::int4::oid AND l.objid = pg_catalog.hashtext(%s)::oid",
+        (SLOT_LOCK, slot),
+    )
+    row = cursor.fetchone()
+    return None if row is None else tuple(row)
 
 
 def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
@@ -363,52 +386,6 @@ def drop_slot(cursor, slot: str) -> None:
         " WHERE slot_name = %s AND active_pid IS NULL",
         (slot,),
     )
-
-
-@attr.s(frozen=True, slots=True, kw_only=True)
-class SlotReport:
-    """What the server holds for one replication slot name of a prefix."""
-
-    slot: str = attr.ib()
-    publication: Optional[str] = attr.ib()
-    tables: Sequence[str] = attr.ib()
-    exists: bool = attr.ib()
-    temporary: Optional[bool] = attr.ib()
-    active_pid: Optional[int] = attr.ib()
-    #: The server's WAL position minus the slot's confirmed position.
-    lag_bytes: Optional[int] = attr.ib()
-    wal_status: Optional[str] = attr.ib()
-    plugin: Optional[str] = attr.ib()
-    database: Optional[str] = attr.ib()
-
-
-def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
-    """The slots whose publication ``<prefix>_<slot>`` exists, and the named ``slots``."""
-    cursor.execute(
-        "WITH pubs AS ("
-        "  SELECT pubname::text, substr(pubname, length(%(prefix)s) + 2) AS slot_name"
-        "  FROM pg_catalog.pg_publication WHERE left(pubname, length(%(prefix)s) + 1) = %(prefix)s || '_'"
-        "), names AS ("
-        "  SELECT slot_name FROM pubs UNION SELECT unnest(%(slots)s::text[])"
-        ")"
-        " SELECT n.slot_name, pubs.pubname,"
-        "  ARRAY(SELECT t.schemaname || '.' || t.tablename FROM pg_catalog.pg_publication_tables t"
-        "        WHERE t.pubname = pubs.pubname ORDER BY 1),"
-        "  s.slot_name IS NOT NULL, s.temporary, s.active_pid,"
-        "  (pg_catalog.pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8,"
-        "  pg_catalog.to_jsonb(s) ->> 'wal_status', s.plugin::text, s.database::text"
-        " FROM names n LEFT JOIN pubs USING (slot_name)"
-        " LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n.slot_name"
-        " ORDER BY 1",
-        {"prefix": prefix, "slots": list(slots)},
-    )
-    return [
-        SlotReport(slot=slot, publication=publication, tables=tuple(tables), exists=exists,
-                   temporary=temporary, active_pid=pid, lag_bytes=lag, wal_status=wal_status,
-                   plugin=plugin, database=database)
-        for slot, publication, tables, exists, temporary, pid, lag, wal_status, plugin, database
-        in cursor.fetchall()
-    ]
 
 
 @attr.s(frozen=True, slots=True)
