@@ -304,7 +304,7 @@ class ReplicationThread(threading.Thread):
     def _stream(self, wire: ReplicationWire) -> None:
         parse, handle = self._translator.parser.parse, self._translator.handle
         read = wire.read
-        sink, clock = self._sink, time.monotonic
+        sink, clock, policy = self._sink, time.monotonic, self._policy  # the session's policy
         waitables = [wire.fileno(), self._wake_r]
         sink.on_acknowledged = self._wake_if_idle
         while not self._stopping:
@@ -316,20 +316,20 @@ class ReplicationThread(threading.Thread):
                 # A committed streamed transaction goes out before anything newer.
                 if next(replay, StopIteration) is StopIteration:
                     self._replay = None
-                if clock() >= self._policy.next_at:
+                if clock() >= policy.next_at:
                     self._report(wire)
                 continue
             frame = read()
             if frame is not None:
                 data_start, payload = frame
                 self._replay = handle(parse(payload), data_start, payload)
-                if wire.reply_requested or clock() >= self._policy.next_at:
+                if wire.reply_requested or clock() >= policy.next_at:
                     self._report(wire)
                 continue
             sink.flush()
             self._report(wire)
             self._idle = True
-            readable, _, _ = select.select(waitables, [], [], self._policy.wait_time(clock()))
+            readable, _, _ = select.select(waitables, [], [], policy.wait_time(clock()))
             self._idle = False
             if self._wake_r in readable:
                 _drain_pipe(self._wake_r)

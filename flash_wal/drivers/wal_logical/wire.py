@@ -44,11 +44,13 @@ def _load_libpq() -> Any:
     # replication thread queueing behind the callbacks' threads for it.
     libpq = ctypes.PyDLL(psycopg2._psycopg.__file__)
     signatures = {
-        "PQgetCopyData": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]),
+        # The two called for every frame take their arguments as ready ctypes objects:
+        # without argtypes ctypes converts nothing, which halves the cost of a call.
+        "PQgetCopyData": (ctypes.c_int, None),
+        "PQfreemem": (None, None),
         "PQputCopyData": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
         "PQflush": (ctypes.c_int, [ctypes.c_void_p]),
         "PQconsumeInput": (ctypes.c_int, [ctypes.c_void_p]),
-        "PQfreemem": (None, [ctypes.c_void_p]),
         "PQerrorMessage": (ctypes.c_char_p, [ctypes.c_void_p]),
         "PQgetResult": (ctypes.c_void_p, [ctypes.c_void_p]),
         "PQresultErrorField": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int]),
@@ -81,7 +83,11 @@ class ReplicationWire:
     def __init__(self, connection: Any, on_warning: Callable[[str], None]) -> None:
         self._connection = connection  # kept alive: it owns the PGconn
         self._pgconn = ctypes.c_void_p(connection.pgconn_ptr)
-        self._buffer = ctypes.c_void_p()
+        # Slicing a char pointer copies the frame into bytes in one step, at a quarter
+        # of the cost of ctypes.string_at.
+        self._buffer = ctypes.POINTER(ctypes.c_char)()
+        self._buffer_ref = ctypes.byref(self._buffer)
+        self._async = ctypes.c_int(1)
         self.server_wal_end = 0
         self.reply_requested = False
         self._on_warning = on_warning
@@ -99,16 +105,14 @@ class ReplicationWire:
         return self._connection.fileno()
 
     def read(self) -> Optional[Tuple[int, bytes]]:
-        pgconn, buffer, libpq = self._pgconn, self._buffer, _libpq
-        get_copy_data = libpq.PQgetCopyData
+        pgconn, buffer, buffer_ref, libpq = self._pgconn, self._buffer, self._buffer_ref, _libpq
+        get_copy_data, free, nonblocking = libpq.PQgetCopyData, libpq.PQfreemem, self._async
         consumed = False
         while True:
-            length = get_copy_data(pgconn, ctypes.byref(buffer), 1)
+            length = get_copy_data(pgconn, buffer_ref, nonblocking)
             if length > 0:
-                try:
-                    frame = ctypes.string_at(buffer.value, length)
-                finally:
-                    libpq.PQfreemem(buffer)
+                frame = buffer[:length]
+                free(buffer)
                 kind = frame[0]
                 if kind == 0x77:  # b"w": XLogData
                     return _XLOG_DATA.unpack_from(frame, 1)[0], frame[25:]
