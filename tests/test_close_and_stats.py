@@ -1,0 +1,125 @@
+"""close() whatever the client is doing, and stats() that never waits or raises."""
+
+import threading
+import time
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from flash_wal import Operation
+from flash_wal.drivers.wal_logical import Driver, DriverConfig
+
+from .conftest import wait_for
+
+
+def insert(db, table, count):
+    db.execute(sql.SQL("INSERT INTO {} (title) SELECT 'x' FROM generate_series(1, %s)").format(
+        sql.Identifier(table)), (count,))
+
+
+def confirmed_flush(db, slot):
+    return db.fetchone("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                       (slot,))[0]
+
+
+def test_close_from_a_callback_returns_at_once_and_stops_after_it(make_client, make_table, db, unique):
+    table = make_table()
+    slot = f"flash_{unique}"
+    driver = Driver(DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=slot, durable=True))
+    client = make_client(driver=driver, shutdown_timeout=10)
+    calls, lock = [], threading.Lock()
+    closed_at, close_took = [], []
+
+    @client.on(table, Operation.INSERT)
+    def callback(event):
+        with lock:
+            calls.append((time.monotonic(), event))
+        if event.new["title"] == "close":
+            began = time.monotonic()
+            client.close()
+            close_took.append(time.monotonic() - began)
+            closed_at.append(time.monotonic())
+
+    try:
+        client.start()
+        db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('close')").format(sql.Identifier(table)))
+        insert(db, table, 500)  # queued behind it
+        assert client.wait(15)  # the client stopped once that callback returned
+        assert close_took[0] < 1.0
+        assert [e.new["title"] for _, e in calls] == ["close"]  # nothing started after close()
+        closing_txn = calls[0][1]
+        # Its transaction was acknowledged: the slot moved past its commit.
+        assert confirmed_flush(db, slot) > closing_txn.commit_lsn
+    finally:
+        client.close()
+        driver.drop(db.dsn)
+
+
+def test_no_callback_starts_after_close_returned(make_client, make_table, db):
+    table = make_table()
+    client = make_client(shutdown_timeout=0.5)
+    starts = []
+
+    @client.on(table, Operation.INSERT)
+    def slow(event):
+        starts.append(time.monotonic())
+        time.sleep(0.05)
+
+    client.start()
+    insert(db, table, 200)
+    wait_for(lambda: client.stats()["queue_depth"] > 100, what="events queued")
+    client.close()
+    closed_at = time.monotonic()
+    # Every task still queued is gone through (dropped, not run) before this holds.
+    wait_for(lambda: client.stats()["queue_depth"] == 0, what="the queue to be emptied")
+    assert starts and max(starts) < closed_at
+    assert len(starts) < 200
+
+
+def test_stats_answer_at_once_while_the_query_connection_is_busy(make_client, make_table):
+    client = make_client()
+    client.on(make_table())(lambda event: None)
+    with client:
+        with client.driver._lock:  # an attach or a check holds the query connection
+            began = time.monotonic()
+            figures = client.stats()
+            took = time.monotonic() - began
+        assert took < 1.0
+        assert figures["lag_bytes"] is None and figures["state"] == "streaming"
+        assert client.stats()["lag_bytes"] is not None
+
+
+def test_stats_never_raise_while_the_server_is_away(pg_server, make_client, make_table, db):
+    if pg_server is None:
+        pytest.skip("needs a server the tests start themselves")
+    client = make_client()
+    client.on(make_table())(lambda event: None)
+    with client:
+        samples, errors, done = [], [], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                began = time.monotonic()
+                try:
+                    figures = client.stats()
+                except BaseException as exc:  # stats() must never raise
+                    errors.append(exc)
+                    return
+                samples.append((time.monotonic() - began, figures))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            pg_server.restart()
+            wait_for(lambda: client.stats()["state"] == "streaming" and client.stats()["reconnects"] == 1,
+                     timeout=30, what="the client streaming again")
+        finally:
+            done.set()
+            sampler.join(10)
+        assert errors == []
+        assert max(took for took, _ in samples) < 1.5
+        assert any(figures["lag_bytes"] is None for _, figures in samples)  # unknown while away
+    db.conn.close()  # it went with the restart
+    db.conn = psycopg2.connect(db.dsn)
+    db.conn.autocommit = True
