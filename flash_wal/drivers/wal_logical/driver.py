@@ -342,9 +342,9 @@ class Driver(base.Driver):
                 return
             cursor = self._query.cursor()
             state = server.publication_state(cursor, self._publication)
-            if state is not None and state == self._publication_seen:
+            gone = self._forget_gone_tables(cursor)  # a rename leaves the publication as it was
+            if state is not None and state == self._publication_seen and not gone:
                 return
-            gone = self._forget_gone_tables(cursor)
             if state is None:
                 # Dropped: the server says so in the stream when it decodes a change
                 # without it (PostgreSQL 18) or fails (before). Made again at once,
@@ -353,7 +353,7 @@ class Driver(base.Driver):
                                self._publication)
                 server.create_publication(cursor, self._publication, self._tables, self.server_version, self._owner)
             else:
-                self._check_tables_kept(cursor, state)
+                self._check_tables_kept(cursor, server.publication_state(cursor, self._publication))
             self._publication_seen = server.publication_state(cursor, self._publication)
         except psycopg2.Error:
             return
