@@ -267,7 +267,8 @@ class Client:
         with self._lock:
             if self._state != "streaming":
                 return
-            gone = [listener for listener in self._listeners if listener.table in set(tables)]
+            tables = set(tables)
+            gone = [listener for listener in self._listeners if listener.table in tables]
             if gone:
                 self.detach(*gone)
 

@@ -1,9 +1,10 @@
 """The wal_logical driver: configuration, server set-up and the client-facing calls."""
 
+import contextlib
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
@@ -306,26 +307,33 @@ class Driver(base.Driver):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _lag_bytes(self) -> Optional[int]:
-        # The query connection may be busy (attach, a check) or the server away: then
-        # the figure is unknown, at once, rather than late. It is never reopened here.
-        if not self._lock.acquire(timeout=0.5):
-            return None
+    @contextlib.contextmanager
+    def _query_when_free(self, timeout: float) -> Iterator[Optional[Any]]:
+        """A cursor of the query connection, or None when another thread holds it past
+        ``timeout`` or it is closed; a server error ends the block quietly. Never
+        reopened here: the replication thread does that before it reconnects."""
+        if not self._lock.acquire(timeout=timeout):
+            yield None
+            return
         try:
-            if self._query is None or self._query.closed:
-                return None
-            cursor = self._query.cursor()
-            cursor.execute(
-                "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
-                " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-                (self.config.replication_slot,),
-            )
-            row = cursor.fetchone()
-            return None if row is None else row[0]
+            yield None if self._query is None or self._query.closed else self._query.cursor()
         except psycopg2.Error:
-            return None  # the server is away; the replication thread is reconnecting
+            pass  # the server is away; the replication thread is reconnecting
         finally:
             self._lock.release()
+
+    def _lag_bytes(self) -> Optional[int]:
+        # Unknown at once, rather than known late, while attach or a check runs.
+        with self._query_when_free(timeout=0.5) as cursor:
+            if cursor is not None:
+                cursor.execute(
+                    "SELECT (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8"
+                    " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                    (self.config.replication_slot,),
+                )
+                row = cursor.fetchone()
+                return None if row is None else row[0]
+        return None
 
     def _check_publication(self) -> None:
         """Whether the publication still holds every listened table as this driver left
@@ -335,30 +343,22 @@ class Driver(base.Driver):
         detached. A table taken out of the publication by someone else is: the server
         skipped its changes without a word.
         """
-        if not self._lock.acquire(timeout=1.0):
-            return
-        try:
-            if self._query is None or self._query.closed:
+        gone: Set[TableName] = set()
+        with self._query_when_free(timeout=1.0) as cursor:
+            if cursor is None:
                 return
-            cursor = self._query.cursor()
-            state = server.publication_state(cursor, self._publication)
-            gone = self._forget_gone_tables(cursor)  # a rename leaves the publication as it was
-            if state is not None and state == self._publication_seen and not gone:
-                return
+            gone = self._forget_gone_tables(cursor)
+            state = server.publication_state(cursor, self._publication)  # without them by now
             if state is None:
                 # Dropped: the server says so in the stream when it decodes a change
                 # without it (PostgreSQL 18) or fails (before). Made again at once,
                 # nothing is lost if nothing changed in between.
-                logger.warning("publication %r no longer exists; creating it again",
-                               self._publication)
+                logger.warning("publication %r no longer exists; creating it again", self._publication)
                 server.create_publication(cursor, self._publication, self._tables, self.server_version, self._owner)
-            else:
-                self._check_tables_kept(cursor, server.publication_state(cursor, self._publication))
-            self._publication_seen = server.publication_state(cursor, self._publication)
-        except psycopg2.Error:
-            return
-        finally:
-            self._lock.release()
+                self._publication_seen = server.publication_state(cursor, self._publication)
+            elif state != self._publication_seen:
+                self._check_tables_kept(state)
+                self._publication_seen = state
         self._report_gone(gone)
 
     def _forget_gone_tables(self, cursor: Any) -> Set[TableName]:
@@ -373,7 +373,7 @@ class Driver(base.Driver):
             del self._table_oids[table]
         return gone
 
-    def _check_tables_kept(self, cursor: Any, state: "server.PublicationState") -> None:
+    def _check_tables_kept(self, state: "server.PublicationState") -> None:
         removed = sorted(str(table) for table, oid in self._table_oids.items() if oid not in state.relids)
         if removed:
             raise ReplicationError(
