@@ -333,6 +333,27 @@ class ReplicationThread(threading.Thread):
             self._idle = False
             if self._wake_r in readable:
                 _drain_pipe(self._wake_r)
+        self._read_to_commit(wire)
+
+    def _read_to_commit(self, wire: ReplicationWire) -> None:
+        """Stopped while a transaction was being received: read the rest of it (its
+        Commit is on its way already, pgoutput sends a transaction once it committed)
+        so that what was delivered of it can be acknowledged; shutdown_timeout at most."""
+        translator, sink = self._translator, self._sink
+        deadline = time.monotonic() + self._shutdown_timeout
+        while translator.txn is not None and self._replay is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not sink.has_room():
+                sink.wait_for_room(min(remaining, 0.1))
+                continue
+            frame = wire.read()
+            if frame is None:
+                select.select([wire.fileno()], [], [], min(remaining, 0.1))
+                continue
+            data_start, payload = frame
+            self._replay = translator.handle(translator.parser.parse(payload), data_start, payload)
 
     def _report(self, wire: ReplicationWire, *, force: bool = False) -> None:
         """Send a status update if one is due: the position the policy allows."""
