@@ -409,6 +409,8 @@ class Dispatcher(Sink):
         commit_lsn = txn.commit_lsn
         for route in routes:
             if commit_lsn <= route.since_lsn or not route.active:
+                if self._closing:
+                    txn.cut_short = True  # read after close(): never delivered, never acknowledged
                 continue
             wanted = route.listener.callbacks_for(operation)
             if route.plain:
@@ -444,7 +446,9 @@ class Dispatcher(Sink):
             cascade=cascade, restart_identity=restart_identity,
         )
         for route in routes:
-            if txn.commit_lsn > route.since_lsn and route.active and route.listener.callbacks_for(TRUNCATE):
+            if not route.active and self._closing:
+                txn.cut_short = True
+            elif txn.commit_lsn > route.since_lsn and route.active and route.listener.callbacks_for(TRUNCATE):
                 self._add_pending(route, txn, event)
 
     def message(self, txn: Transaction, event: MessageEvent) -> None:

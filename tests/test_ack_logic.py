@@ -138,6 +138,30 @@ def test_events_dropped_by_close_keep_their_transaction_unacknowledged():
     assert not dispatcher.settled
 
 
+
+@pytest.mark.parametrize("kind", ["insert", "truncate"])
+def test_a_change_read_after_close_keeps_its_transaction_unacknowledged(kind):
+    # close() from a callback: the replication thread reads on to the Commit of the
+    # transaction it is in. A change it skips then was never delivered.
+    gate = Gate()
+    dispatcher = dispatcher_with(gate)
+    dispatcher.routes_for(TABLE)[0].listener.on(Operation.TRUNCATE, gate)
+    delivered = dispatcher.begin(100, 1, NOW)
+    insert(dispatcher, delivered, 1, 90)
+    dispatcher.commit(delivered, 110)
+    wait_for(lambda: dispatcher.acked_lsn == 110, what="the first transaction acknowledged")
+    txn = dispatcher.begin(200, 2, NOW)
+    dispatcher.close()
+    if kind == "insert":
+        insert(dispatcher, txn, 2, 190)
+    else:
+        dispatcher.truncate(txn, dispatcher.routes_for(TABLE), "public.t", 190, False, False)
+    dispatcher.commit(txn, 210)
+    assert dispatcher.drain(10)
+    assert gate.seen == [1]
+    assert dispatcher.acked_lsn == 110
+    assert not dispatcher.settled
+
 # --- the translator ---------------------------------------------------------------------
 
 class Decoder:
