@@ -123,3 +123,67 @@ def test_stats_never_raise_while_the_server_is_away(pg_server, make_client, make
     db.conn.close()  # it went with the restart
     db.conn = psycopg2.connect(db.dsn)
     db.conn.autocommit = True
+
+
+def test_a_transaction_read_after_close_from_a_callback_comes_again_at_the_next_start(
+    make_client, make_table, db, unique,
+):
+    # The replication thread reads on to the Commit of the transaction it is in when a
+    # callback calls close(); what it skips then must not be acknowledged.
+    table = make_table()
+    ident = sql.Identifier(table)
+    db.execute(sql.SQL("INSERT INTO {} (title) SELECT 'old' FROM generate_series(1, 20000)").format(ident))
+    config = DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}", durable=True)
+    first = make_client(driver=Driver(config))
+    seen = []
+
+    @first.on(table, Operation.INSERT)
+    def close_while_the_next_transaction_is_read(event):
+        seen.append(event.new["title"])
+        if event.new["title"] == "close":
+            translator = first.driver._thread._translator
+            wait_for(lambda: translator.txn is not None and translator.txn.commit_lsn > event.commit_lsn,
+                     what="the next transaction being read")
+            first.close()
+
+    first.start()
+    db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('close')").format(ident))
+    # One query string, one transaction: 20,000 UPDATEs (no callback) and then an INSERT.
+    db.execute(sql.SQL("UPDATE {0} SET status = 'u'; INSERT INTO {0} (title) VALUES ('last')").format(ident))
+    assert first.wait(15)
+    assert seen == ["close"]
+    second_driver = Driver(config)
+    second = make_client(driver=second_driver)
+    second.on(table, Operation.INSERT)(lambda event: seen.append(event.new["title"]))
+    try:
+        with second:
+            wait_for(lambda: "last" in seen, what="the row read after close() delivered by the next start")
+    finally:
+        second_driver.drop(db.dsn)
+
+
+def test_the_acknowledgement_sent_at_close_reaches_the_server_while_it_is_sending(make_client, make_table, db, unique):
+    # A backlog keeps the walsender writing when close() sends its last update: closing
+    # the socket on unread frames resets the connection, and the walsender would exit
+    # on its next write without reading that update (about one close in five).
+    table = make_table()
+    backlog = sql.SQL(
+        "DO $$ BEGIN FOR i IN 1..3000 LOOP INSERT INTO {} (title) VALUES ('x'); COMMIT; END LOOP; END $$"
+    ).format(sql.Identifier(table))
+    for round_number in range(10):
+        name = f"flash_{unique}_{round_number}"
+        driver = Driver(DriverConfig(publication_slot_prefix=f"pub_{name}", replication_slot=name, durable=True))
+        client = make_client(driver=driver, max_queued_events=50)
+        seen = []
+        client.on(table, Operation.INSERT)(seen.append)
+        try:
+            client.start()
+            db.execute(backlog)
+            wait_for(lambda: len(seen) > 500, what="a part of the backlog delivered")
+            client.close()
+            acked = client.stats()["last_acked_lsn"]
+            assert acked > 0
+            wait_for(lambda: confirmed_flush(db, name) >= acked, timeout=5,
+                     what=f"close()'s acknowledgement recorded by the server (round {round_number})")
+        finally:
+            driver.drop(db.dsn)

@@ -434,6 +434,9 @@ class ReplicationThread(threading.Thread):
                 break
             self._report(wire)
         self._report(wire, force=True)
+        if not self._temporary and not wire.end(max(deadline - time.monotonic(), 1.0)):
+            logger.info("the server did not end the stream within the shutdown time: its last "
+                        "acknowledgement may not be recorded, and the next start may deliver some events again")
 
 
 def _carried_over(policy: StatusPolicy, heartbeat: float) -> StatusPolicy:

@@ -15,6 +15,7 @@ to close it.
 """
 
 import ctypes
+import select
 import struct
 import time
 from typing import Any, Callable, Optional, Tuple
@@ -49,6 +50,7 @@ def _load_libpq() -> Any:
         "PQgetCopyData": (ctypes.c_int, None),
         "PQfreemem": (None, None),
         "PQputCopyData": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
+        "PQputCopyEnd": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
         "PQflush": (ctypes.c_int, [ctypes.c_void_p]),
         "PQconsumeInput": (ctypes.c_int, [ctypes.c_void_p]),
         "PQerrorMessage": (ctypes.c_char_p, [ctypes.c_void_p]),
@@ -143,6 +145,38 @@ class ReplicationWire:
         if _libpq.PQputCopyData(self._pgconn, message, len(message)) != 1 or _libpq.PQflush(self._pgconn) != 0:
             raise self._connection_error()
         self.reply_requested = False
+
+    def end(self, timeout: float) -> bool:
+        """End the stream the way the protocol does, after the last status update.
+
+        Closing a socket that still holds unread frames resets the connection, and a
+        walsender busy sending finds that out on its next write and exits without
+        reading what came before: the last update would be lost. A CopyDone is read
+        only after every update sent before it, and the server answers it by ending
+        its COPY; the frames still on their way are read and dropped meanwhile (none
+        of them is acknowledged). True once the server has ended the stream.
+        """
+        pgconn, libpq = self._pgconn, _libpq
+        if libpq.PQputCopyEnd(pgconn, None) != 1 or libpq.PQflush(pgconn) != 0:
+            return False
+        deadline = time.monotonic() + timeout
+        buffer_ref = self._buffer_ref
+        while True:
+            length = libpq.PQgetCopyData(pgconn, buffer_ref, self._async)
+            if length > 0:
+                libpq.PQfreemem(self._buffer)
+                continue
+            if length == -1:
+                self._end_of_stream()  # reads the results, leaving the connection idle
+                return True
+            if length < -1:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([self.fileno()], [], [], remaining)
+            if not libpq.PQconsumeInput(pgconn):
+                return False
 
     def _connection_error(self) -> psycopg2.Error:
         message = (_libpq.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace").strip()
