@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import select
 import signal
 import sys
@@ -464,13 +463,10 @@ def _table_argument(text: str) -> str:
 
 
 def _operations_argument(text: str) -> Operation:
-    operations = Operation(0)
     try:
-        for name in re.split(r"[,|]", text):
-            operations |= Operation.from_name(name)
+        return Operation.parse(text)
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return operations
 
 
 def _columns_argument(text: str) -> List[str]:
@@ -558,12 +554,12 @@ def _add_listen_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
 @contextlib.contextmanager
 def _server_cursor(dsn: str) -> Iterator[Any]:
-    from .connection import connect, mask_dsn
+    from .connection import cannot_connect, connect
 
     try:
         conn = connect(dsn)
     except psycopg2.OperationalError as exc:
-        raise FlashError(f"cannot connect to {mask_dsn(dsn) or 'the default server'}: {str(exc).strip()}") from exc
+        raise cannot_connect(dsn, exc) from exc
     try:
         yield conn.cursor()
     finally:

@@ -13,7 +13,7 @@ from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
 from .listener import Listener, listener_for
 from .operations import Operation
-from .validators import positive_int, seconds
+from .validators import config_from, positive_int, seconds
 
 __all__ = ["Client", "ClientConfig"]
 
@@ -76,13 +76,7 @@ class Client:
     """
 
     def __init__(self, config: Optional[ClientConfig] = None, **kwargs: Any) -> None:
-        if config is None:
-            config = ClientConfig(**kwargs)
-        elif kwargs:
-            raise ConfigurationError("pass either a ClientConfig or keyword arguments, not both")
-        elif not isinstance(config, ClientConfig):
-            raise ConfigurationError(f"expected a ClientConfig, got {config!r}")
-        self.config = config
+        self.config = config = config_from(ClientConfig, config, kwargs)
         self.driver = config.driver
         self._lock = threading.RLock()
         self._listeners: List[Listener] = []

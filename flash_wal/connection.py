@@ -9,7 +9,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from .decoding import SESSION_SETTINGS
-from .errors import ConfigurationError
+from .errors import ConfigurationError, FlashError, one_line
 
 __all__ = ["connect", "mask_dsn", "mask_secrets", "DEFAULT_CONNECT_TIMEOUT"]
 
@@ -108,7 +108,7 @@ def connection_params(dsn: str, *, replication: bool = False) -> Dict[str, Any]:
         params: Dict[str, Any] = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
         # libpq's reason may quote the password: kept neither as is nor as context.
-        reason = mask_secrets(" ".join(str(exc).split()), dsn)
+        reason = mask_secrets(one_line(exc), dsn)
     else:
         params.setdefault("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
         params.setdefault("application_name", "flash_wal")
@@ -152,3 +152,14 @@ def connect(dsn: str, *, replication: bool = False) -> Any:
         conn.autocommit = True
         return conn
     raise error
+
+
+def cannot_connect(dsn: str, exc: BaseException) -> FlashError:
+    """The error for a server that could not be reached, whoever tried: the DSN and
+    libpq's reason with the password masked, on one line."""
+    error = FlashError(
+        f"cannot connect to {mask_dsn(dsn) or 'the default server'}: {mask_secrets(one_line(exc), dsn)}. "
+        "Check the connection string and that the server is running"
+    )
+    error.__cause__ = exc
+    return error

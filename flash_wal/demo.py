@@ -32,9 +32,9 @@ from psycopg2 import sql
 
 from .cli import StopSignals
 from .client import Client, ClientConfig
-from .connection import mask_dsn, mask_secrets
+from .connection import cannot_connect, mask_dsn
 from .drivers.wal_logical import Driver, DriverConfig
-from .errors import ConfigurationError, FlashError
+from .errors import ConfigurationError, FlashError, one_line
 from .events import DeleteEvent, Event, InsertEvent, TruncateEvent, UpdateEvent, format_lsn
 from .listener import Listener
 from .operations import Operation
@@ -175,10 +175,6 @@ def format_event(event: Event, key_columns: Sequence[str] = ("id",), width: int 
     return head + body + tail
 
 
-def _one_line(exc: BaseException) -> str:
-    """A (psycopg2) error message on one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
 
 # --- output ----------------------------------------------------------------------------
 
@@ -281,7 +277,7 @@ class _Writer(threading.Thread):
         try:
             conn = psycopg2.connect(self.dsn, connect_timeout=10, application_name="flash_wal_demo_writer")
         except psycopg2.Error as exc:
-            self.error = FlashError(f"the demo writer cannot connect: {mask_secrets(_one_line(exc), self.dsn)}")
+            self.error = cannot_connect(self.dsn, exc)
             return
         try:
             conn.autocommit = True
@@ -291,7 +287,7 @@ class _Writer(threading.Thread):
         except _Halted:
             pass
         except psycopg2.Error as exc:
-            self.error = FlashError(f"the demo writer failed: {_one_line(exc)}")
+            self.error = FlashError(f"the demo writer failed: {one_line(exc)}")
         finally:
             conn.close()
 
@@ -526,7 +522,7 @@ class _Demo:
                     with self._conn.cursor() as cursor:
                         cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
                 except psycopg2.Error as exc:
-                    errors.append(f"could not drop the demo table public.{self.table_name}: {_one_line(exc)}")
+                    errors.append(f"could not drop the demo table public.{self.table_name}: {one_line(exc)}")
             self._conn.close()
         if self._pg is not None:
             try:
@@ -574,7 +570,7 @@ class _Demo:
         try:
             conn = psycopg2.connect(dsn, connect_timeout=10, application_name="flash_wal_demo")
         except psycopg2.Error as exc:
-            raise FlashError(f"cannot connect to {mask_dsn(dsn)}: {mask_secrets(_one_line(exc), dsn)}") from exc
+            raise cannot_connect(dsn, exc) from exc
         conn.autocommit = True
         return conn
 
@@ -590,5 +586,5 @@ class _Demo:
                 cursor.execute(sql.SQL("CREATE TABLE {} (" + TABLE_COLUMNS + ")").format(self.table))
         except psycopg2.Error as exc:
             raise FlashError(
-                f"could not create the demo table public.{self.table_name}: {_one_line(exc)}"
+                f"could not create the demo table public.{self.table_name}: {one_line(exc)}"
             ) from exc

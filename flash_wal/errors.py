@@ -29,3 +29,8 @@ class ReplicationError(FlashError):
 class SlotInvalidatedError(ReplicationError):
     """The server invalidated the replication slot (``max_slot_wal_keep_size``):
     the changes it kept are gone. Drop the slot and start again."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (libpq's span several), or its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

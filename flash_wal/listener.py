@@ -13,7 +13,7 @@ import attr
 
 from .errors import ConfigurationError
 from .operations import Operation
-from .validators import instance_of
+from .validators import config_from, instance_of
 
 __all__ = ["Condition", "ListenerConfig", "Listener", "TableName", "parse_table_name"]
 
@@ -218,13 +218,7 @@ class Listener:
     """
 
     def __init__(self, config: Optional[ListenerConfig] = None, **kwargs: Any) -> None:
-        if config is None:
-            config = ListenerConfig(**kwargs)
-        elif kwargs:
-            raise ConfigurationError("pass either a ListenerConfig or keyword arguments, not both")
-        elif not isinstance(config, ListenerConfig):
-            raise ConfigurationError(f"expected a ListenerConfig, got {config!r}")
-        self.config = config
+        self.config = config = config_from(ListenerConfig, config, kwargs)
         self._lock = threading.Lock()
         self._registrations: Dict[Callback, Operation] = {}
         # op atom -> callbacks; replaced as a whole on every change (copy on write).
@@ -313,9 +307,7 @@ def _as_operation(operations: Union[Operation, str, Sequence[str]]) -> Operation
     if isinstance(operations, Operation):
         result = operations
     elif isinstance(operations, str):
-        result = Operation(0)
-        for name in operations.replace("|", ",").split(","):
-            result |= Operation.from_name(name)
+        result = Operation.parse(operations)
     else:
         raise ConfigurationError(
             f"operations must be an Operation such as Operation.INSERT | Operation.UPDATE, "

@@ -1,6 +1,7 @@
 """The kinds of row change a listener can subscribe to."""
 
 import enum
+import re
 
 from .errors import ConfigurationError
 
@@ -24,6 +25,14 @@ class Operation(enum.IntFlag):
             raise ConfigurationError(
                 f"unknown operation {name!r}: use one of {choices} or all"
             ) from None
+
+    @classmethod
+    def parse(cls, text: str) -> "Operation":
+        """``Operation.parse("insert,update")`` (or ``"insert|update"``) -> their union."""
+        result = cls(0)
+        for name in re.split(r"[,|]", text):
+            result |= cls.from_name(name)
+        return result
 
     def atoms(self) -> "tuple[Operation, ...]":
         """The single operations this flag combines, in declaration order."""

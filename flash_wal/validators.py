@@ -1,10 +1,22 @@
 """attrs validators that raise ConfigurationError, so bad configuration is a FlashError."""
 
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional, Type, TypeVar
 
 from .errors import ConfigurationError
 
 Validator = Callable[[Any, Any, Any], None]
+C = TypeVar("C")
+
+
+def config_from(config_class: Type[C], config: Optional[C], kwargs: Dict[str, Any]) -> C:
+    """``Thing(ThingConfig(...))`` or, the same, ``Thing(...)`` with the config's keywords."""
+    if config is None:
+        return config_class(**kwargs)
+    if kwargs:
+        raise ConfigurationError(f"pass either a {config_class.__name__} or keyword arguments, not both")
+    if not isinstance(config, config_class):
+        raise ConfigurationError(f"expected a {config_class.__name__}, got {config!r}")
+    return config
 
 
 def instance_of(*types: type) -> Validator:

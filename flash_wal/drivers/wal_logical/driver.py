@@ -10,10 +10,10 @@ import attr
 import psycopg2
 import psycopg2.errorcodes
 
-from ...connection import connect, mask_dsn
-from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUseError
+from ...connection import cannot_connect, connect, mask_dsn
+from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUseError, one_line
 from ...listener import Listener, TableName
-from ...validators import instance_of, positive_int, seconds
+from ...validators import config_from, instance_of, positive_int, seconds
 from .. import base
 from . import claim, identity, ownership, server
 from .stream import ReplicationThread
@@ -101,11 +101,7 @@ class Driver(base.Driver):
     """Logical replication with pgoutput. ``Driver()`` uses every default."""
 
     def __init__(self, config: Optional[DriverConfig] = None, **kwargs: Any) -> None:
-        if config is None:
-            config = DriverConfig(**kwargs)
-        elif kwargs:
-            raise ConfigurationError("pass either a DriverConfig or keyword arguments, not both")
-        self.config = config
+        self.config = config = config_from(DriverConfig, config, kwargs)
         self._lock = threading.Lock()  # one user of the query connection at a time
         self._dsn: Optional[str] = None
         self._query: Any = None
@@ -457,10 +453,7 @@ class Driver(base.Driver):
                                   (f"{int(self.config.setup_timeout * 1000)}ms",))
             return conn
         except psycopg2.OperationalError as exc:
-            raise FlashError(
-                f"cannot connect to {mask_dsn(self._dsn)}: {str(exc).strip()}. "
-                "Check database_cnx and that the server is running"
-            ) from exc
+            raise cannot_connect(self._dsn, exc) from exc
 
     def _set_identities(self, cursor: Any, infos: Sequence[server.TableInfo], install_trigger: bool) -> None:
         """What check_replica_identities found writes need: the event trigger for future
@@ -527,7 +520,7 @@ class Driver(base.Driver):
 def _as_setup_error(exc: BaseException, setup_timeout: float) -> BaseException:
     if isinstance(exc, FlashError) or not isinstance(exc, Exception):
         return exc
-    message = " ".join(str(exc).split())
+    message = one_line(exc)
     if isinstance(exc, psycopg2.Error) and exc.pgcode == psycopg2.errorcodes.INSUFFICIENT_PRIVILEGE:
         return ConfigurationError(
             f"the server refused: {message}. flash_wal's role needs CREATE on the database "

@@ -15,7 +15,7 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from ...decoding import TypeCasters, lookup_types_with
-from ...errors import ConfigurationError, SlotInvalidatedError
+from ...errors import ConfigurationError, SlotInvalidatedError, one_line
 from ...listener import Listener, TableName
 from .ownership import PublicationOwner
 
@@ -181,7 +181,7 @@ def column_values(cursor, info: TableInfo, texts: Mapping[str, str]) -> Dict[str
         cursor.execute(query, (json.dumps(record),))
     except psycopg2.DataError as exc:
         raise ConfigurationError(
-            f"a value given for a column of {info.name} does not fit the column's type: {' '.join(str(exc).split())}"
+            f"a value given for a column of {info.name} does not fit the column's type: {one_line(exc)}"
         ) from None
     casters = TypeCasters(cursor, lookup_types_with(cursor))
     row = cursor.fetchone()

@@ -13,7 +13,6 @@ transaction it received whole (see :mod:`.translator`).
 """
 
 import logging
-import os
 import select
 import threading
 import time
@@ -24,9 +23,10 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from ...decoding import RelationCache, TypeCasters, lookup_types_with
-from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError
+from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError, one_line
 from ...events import format_lsn
 from ...protocol import PgOutputParser
+from ...waker import Waker
 from ..base import Sink
 from .feedback import StatusPolicy
 from .server import invalidated_slot_error
@@ -79,13 +79,7 @@ class ReplicationThread(threading.Thread):
         self._check_publication = check_publication
         self._next_check = 0.0
         self._publication_gap: Optional[str] = None  # the server's warning, once it came
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        # Guards the pipe's closing: a descriptor number written to after close
-        # could by then belong to another file.
-        self._pipe_lock = threading.Lock()
-        self._pipe_open = True
+        self._waker = Waker()
         self._stopping = False
         self._idle = False  # in select(): an advanced acknowledgement should wake it
         self._streaming = threading.Event()
@@ -124,7 +118,7 @@ class ReplicationThread(threading.Thread):
         """Ask the thread to stop reading, drain callbacks, acknowledge and disconnect."""
         self._stopping = True
         self._cancel_setup()
-        self._wake()
+        self._waker.wake()
         self._sink.wake()
 
     def _cancel_setup(self) -> None:
@@ -139,15 +133,7 @@ class ReplicationThread(threading.Thread):
         # is due, and a sleeping thread wakes to send it.
         self._policy.moved()
         if self._idle:
-            self._wake()
-
-    def _wake(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                try:
-                    os.write(self._wake_w, b"x")
-                except BlockingIOError:
-                    pass  # the pipe is full: the thread has been woken already
+            self._waker.wake()
 
     def _server_warning(self, message: str) -> None:
         # Called by libpq between frames. PostgreSQL 18 warns, and skips the changes,
@@ -185,7 +171,7 @@ class ReplicationThread(threading.Thread):
                     if not _is_connection_loss(exc):
                         self._on_fatal(_as_flash_error(exc, "replication stopped"))
                         return
-                    logger.warning("replication connection lost (%s); reconnecting", _one_line(exc))
+                    logger.warning("replication connection lost (%s); reconnecting", one_line(exc))
                 if not self._finish_replay_offline():
                     return
                 self._translator.interrupted()
@@ -197,10 +183,7 @@ class ReplicationThread(threading.Thread):
             self._close_session()
             if self._catalog is not None:
                 _close_quietly(self._catalog)
-            with self._pipe_lock:
-                self._pipe_open = False
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            self._waker.close()
 
     def _open_session(self, create_slot: Optional[str]) -> ReplicationWire:
         """Connect, create the slot if asked, start replication; return the wire."""
@@ -242,7 +225,7 @@ class ReplicationThread(threading.Thread):
             )
         except psycopg2.Error as exc:
             if _is_invalidated(exc):
-                raise invalidated_slot_error(self._slot, _one_line(exc)) from exc
+                raise invalidated_slot_error(self._slot, one_line(exc)) from exc
             raise
         self._policy = _carried_over(self._policy, heartbeat)
         return ReplicationWire(conn, self._server_warning)
@@ -264,16 +247,16 @@ class ReplicationThread(threading.Thread):
                     self._close_session()
                     if self._stopping:
                         return None
-                    logger.warning("reconnecting failed (%s); next try in %.1f s", _one_line(exc), delay)
+                    logger.warning("reconnecting failed (%s); next try in %.1f s", one_line(exc), delay)
                 else:
                     self.reconnects += 1
                     if self._temporary:
                         self._translator.new_slot()
                     logger.info("reconnected (slot %s) after %.1f s", self._slot, time.monotonic() - lost_at)
                     return wire
-                readable, _, _ = select.select([self._wake_r], [], [], delay)
+                readable, _, _ = select.select([self._waker], [], [], delay)
                 if readable:
-                    _drain_pipe(self._wake_r)
+                    self._waker.drain()
                 delay = min(delay * 2, self._reconnect_delay[1])
             return None
         finally:
@@ -305,7 +288,8 @@ class ReplicationThread(threading.Thread):
         parse, handle = self._translator.parser.parse, self._translator.handle
         read = wire.read
         sink, clock, policy = self._sink, time.monotonic, self._policy  # the session's policy
-        waitables = [wire.fileno(), self._wake_r]
+        waker = self._waker
+        waitables = [wire.fileno(), waker]
         sink.on_acknowledged = self._wake_if_idle
         while not self._stopping:
             if not sink.has_room():
@@ -331,8 +315,8 @@ class ReplicationThread(threading.Thread):
             self._idle = True
             readable, _, _ = select.select(waitables, [], [], policy.wait_time(clock()))
             self._idle = False
-            if self._wake_r in readable:
-                _drain_pipe(self._wake_r)
+            if waker in readable:
+                waker.drain()
         self._read_to_commit(wire)
 
     def _read_to_commit(self, wire: ReplicationWire) -> None:
@@ -458,7 +442,7 @@ def _is_publication_missing(exc: BaseException) -> bool:
 
 def _publication_missing_error(exc: BaseException, slot: str) -> ReplicationError:
     error = ReplicationError(
-        f"{_one_line(exc)}: it was dropped while slot {slot!r} still needed it, and the server "
+        f"{one_line(exc)}: it was dropped while slot {slot!r} still needed it, and the server "
         "cannot decode that slot's changes past this point without it. Drop the slot (Driver.drop "
         "or 'flash-wal cleanup') and start again; changes made since the drop are lost"
     )
@@ -470,9 +454,6 @@ def _is_invalidated(exc: psycopg2.Error) -> bool:
     message = str(exc)
     return "invalidated" in message or "can no longer get changes" in message
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _close_quietly(conn: Any) -> None:
@@ -487,14 +468,6 @@ def _lazy_lookup(catalog_cursor: Callable[[], Any]):
         return lookup_types_with(catalog_cursor())(oids)
 
     return lookup
-
-
-def _drain_pipe(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _as_flash_error(exc: BaseException, what: str) -> BaseException:
