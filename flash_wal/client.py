@@ -234,18 +234,18 @@ class Client:
             self._closed.set()
             logger.info(
                 "closed: %d events delivered, %d callbacks failed",
-                self._dispatcher.tracker.events_delivered, self._dispatcher.callbacks_failed,
+                self._dispatcher.events_delivered, self._dispatcher.callbacks_failed,
             )
 
     def stats(self) -> Dict[str, Any]:
         """Figures about delivery; see the API documentation for the keys."""
-        tracker = self._dispatcher.tracker
+        dispatcher = self._dispatcher
         figures: Dict[str, Any] = {
-            "events_delivered": tracker.events_delivered,
-            "callbacks_failed": self._dispatcher.callbacks_failed,
-            "last_acked_lsn": tracker.acked_lsn,
+            "events_delivered": dispatcher.events_delivered,
+            "callbacks_failed": dispatcher.callbacks_failed,
+            "last_acked_lsn": dispatcher.acked_lsn,
             "lag_bytes": None,
-            "queue_depth": tracker.queued_events,
+            "queue_depth": dispatcher.queued_events,
             "reconnects": 0,
             "state": "closed" if self._fatal else {"new": "starting", "closing": "closed"}.get(self._state, self._state),
         }

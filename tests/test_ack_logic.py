@@ -11,7 +11,7 @@ from flash_wal import Listener, Operation
 from flash_wal.dispatcher import Dispatcher
 from flash_wal.drivers.wal_logical.feedback import StatusPolicy
 from flash_wal.drivers.wal_logical.translator import ChangeTranslator
-from flash_wal.listener import TableName
+from flash_wal.table_name import TableName
 from flash_wal.protocol import Begin, Commit, Insert, PgOutputParser, StreamCommit, StreamStart, StreamStop
 
 from .conftest import wait_for
@@ -88,7 +88,7 @@ def dispatcher_with(callback, max_parallel=1):
 
 
 def insert(dispatcher, txn, row_id, lsn):
-    dispatcher.change(txn, dispatcher.routes_for(TABLE), Operation.INSERT, "public.t", lsn, None, {"id": row_id})
+    dispatcher.change(txn, Operation.INSERT, TABLE, lsn, None, {"id": row_id})
 
 
 def test_acknowledgement_follows_commit_order_whatever_finishes_first():
@@ -144,8 +144,10 @@ def test_a_change_read_after_close_keeps_its_transaction_unacknowledged(kind):
     # close() from a callback: the replication thread reads on to the Commit of the
     # transaction it is in. A change it skips then was never delivered.
     gate = Gate()
-    dispatcher = dispatcher_with(gate)
-    dispatcher.routes_for(TABLE)[0].listener.on(Operation.TRUNCATE, gate)
+    dispatcher = Dispatcher()
+    listener = Listener(table="t")
+    listener.on(Operation.INSERT | Operation.TRUNCATE, gate)
+    dispatcher.attach(listener)
     delivered = dispatcher.begin(100, 1, NOW)
     insert(dispatcher, delivered, 1, 90)
     dispatcher.commit(delivered, 110)
@@ -155,7 +157,7 @@ def test_a_change_read_after_close_keeps_its_transaction_unacknowledged(kind):
     if kind == "insert":
         insert(dispatcher, txn, 2, 190)
     else:
-        dispatcher.truncate(txn, dispatcher.routes_for(TABLE), "public.t", 190, False, False)
+        dispatcher.truncate(txn, TABLE, 190, False, False)
     dispatcher.commit(txn, 210)
     assert dispatcher.drain(10)
     assert gate.seen == [1]

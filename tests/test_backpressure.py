@@ -6,7 +6,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from flash_wal import Client, Operation
-from flash_wal.dispatcher import BATCH_SIZE
+from flash_wal.dispatcher.routes import BATCH_SIZE
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
 from .conftest import Recorder

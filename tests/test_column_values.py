@@ -8,7 +8,7 @@ from psycopg2 import sql
 
 from flash_wal import Condition, ConfigurationError, Operation
 from flash_wal.drivers.wal_logical import server
-from flash_wal.listener import TableName
+from flash_wal.table_name import TableName
 
 from .conftest import Recorder
 

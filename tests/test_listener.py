@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from flash_wal import UNCHANGED_TOAST, Condition, ConfigurationError, Listener, ListenerConfig, Operation
-from flash_wal.listener import TableName, parse_table_name
+from flash_wal.table_name import TableName, parse_table_name
 
 
 @pytest.mark.parametrize(

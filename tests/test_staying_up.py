@@ -9,7 +9,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal import Client, Listener, Operation
-from flash_wal.dispatcher import UNBOUNDED_WORKERS
+from flash_wal.listener import UNBOUNDED_WORKERS
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 from flash_wal.events import format_lsn
 

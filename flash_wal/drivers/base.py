@@ -2,7 +2,7 @@
 
 A driver owns everything server-side: connections, replication, the objects it creates
 on the server. The client owns listeners and the sink that the driver writes changes
-to (the :class:`~flash_wal.dispatcher.Dispatcher`), and calls the driver in this order:
+to (a :class:`Sink`: the client's dispatcher), and calls the driver in this order:
 ``start`` once, ``listen`` whenever the set of listeners changes while running,
 ``close`` once.
 """
@@ -10,7 +10,9 @@ to (the :class:`~flash_wal.dispatcher.Dispatcher`), and calls the driver in this
 import abc
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-from ..listener import Listener, TableName
+from ..listener import Listener
+from ..operations import Operation
+from ..table_name import TableName
 
 __all__ = ["Driver", "Sink"]
 
@@ -23,8 +25,8 @@ class Sink(abc.ABC):
     acked_lsn: int
 
     @abc.abstractmethod
-    def routes_for(self, table: TableName) -> Sequence[Any]:
-        """Who wants changes of ``table`` now (empty: skip decoding them)."""
+    def wants(self, table: TableName) -> bool:
+        """Whether changes of ``table`` have any listener now (False: skip decoding them)."""
 
     @property
     @abc.abstractmethod
@@ -36,13 +38,12 @@ class Sink(abc.ABC):
         """A transaction starts; returns the handle the other calls take."""
 
     @abc.abstractmethod
-    def change(self, txn: Any, routes: Sequence[Any], operation: Any, table: str, lsn: int,
+    def change(self, txn: Any, operation: Operation, table: TableName, lsn: int,
                old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> None:
-        """An INSERT, UPDATE or DELETE of ``txn``, for ``routes``."""
+        """An INSERT, UPDATE or DELETE of ``txn``: the old and new rows, decoded."""
 
     @abc.abstractmethod
-    def truncate(self, txn: Any, routes: Sequence[Any], table: str, lsn: int,
-                 cascade: bool, restart_identity: bool) -> None:
+    def truncate(self, txn: Any, table: TableName, lsn: int, cascade: bool, restart_identity: bool) -> None:
         """A TRUNCATE of one table of ``txn``."""
 
     @abc.abstractmethod

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Optional, Set, Tuple
 
 from ...errors import ConfigurationError, SlotInUseError
-from ...listener import TableName
+from ...table_name import TableName
 from . import ownership, server
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import psycopg2.errorcodes
 
 from ...connection import cannot_connect, connect, mask_dsn
 from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInUseError, one_line
-from ...listener import Listener, TableName
+from ...listener import Listener
+from ...table_name import TableName
 from ...validators import config_from, instance_of, positive_int, seconds
 from .. import base
 from . import claim, identity, ownership, server

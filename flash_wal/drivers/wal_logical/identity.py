@@ -22,7 +22,7 @@ import attr
 from psycopg2 import sql
 
 from ...errors import ConfigurationError
-from ...listener import TableName
+from ...table_name import TableName
 from .server import SLOT_LOCK, TableInfo, table_identifier
 
 logger = logging.getLogger(__name__)

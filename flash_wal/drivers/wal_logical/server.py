@@ -16,7 +16,8 @@ from psycopg2 import sql
 
 from ...decoding import TypeCasters, lookup_types_with
 from ...errors import ConfigurationError, SlotInvalidatedError, one_line
-from ...listener import Listener, TableName
+from ...listener import Listener
+from ...table_name import TableName
 from .ownership import PublicationOwner
 
 logger = logging.getLogger(__name__)

@@ -238,33 +238,30 @@ class ChangeTranslator:
         if self._changes <= self._skip:
             return
         decoder = self.relations.get(message.relid)
-        routes = self.sink.routes_for(decoder.table)
-        if routes:
-            self.sink.change(self.txn, routes, INSERT, decoder.table_text, lsn, None, decoder.decode(message.new))
+        if self.sink.wants(decoder.table):
+            self.sink.change(self.txn, INSERT, decoder.table, lsn, None, decoder.decode(message.new))
 
     def _update(self, message: Update, lsn: int) -> None:
         self._changes += 1
         if self._changes <= self._skip:
             return
         decoder = self.relations.get(message.relid)
-        routes = self.sink.routes_for(decoder.table)
-        if routes:
+        if self.sink.wants(decoder.table):
             old = None
             if message.old is not None:
                 old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
             new = decoder.decode(message.new)
             fill_unchanged_toast(new, old)
-            self.sink.change(self.txn, routes, UPDATE, decoder.table_text, lsn, old, new)
+            self.sink.change(self.txn, UPDATE, decoder.table, lsn, old, new)
 
     def _delete(self, message: Delete, lsn: int) -> None:
         self._changes += 1
         if self._changes <= self._skip:
             return
         decoder = self.relations.get(message.relid)
-        routes = self.sink.routes_for(decoder.table)
-        if routes:
+        if self.sink.wants(decoder.table):
             old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            self.sink.change(self.txn, routes, DELETE, decoder.table_text, lsn, old, None)
+            self.sink.change(self.txn, DELETE, decoder.table, lsn, old, None)
 
     def _truncate(self, message: Truncate, lsn: int) -> None:
         self._changes += 1
@@ -272,6 +269,5 @@ class ChangeTranslator:
             return
         for relid in message.relids:
             decoder = self.relations.get(relid)
-            routes = self.sink.routes_for(decoder.table)
-            if routes:
-                self.sink.truncate(self.txn, routes, decoder.table_text, lsn, message.cascade, message.restart_identity)
+            if self.sink.wants(decoder.table):
+                self.sink.truncate(self.txn, decoder.table, lsn, message.cascade, message.restart_identity)

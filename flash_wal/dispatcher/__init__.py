@@ -1,0 +1,11 @@
+"""Fan-out of decoded changes to listeners' callbacks, and what may be acknowledged.
+
+- :mod:`.dispatcher`: :class:`Dispatcher`, the Sink a driver writes to;
+- :mod:`.routes`: one route per listener, shaping its events;
+- :mod:`.workers`: the threads that run one listener's callbacks;
+- :mod:`.acknowledgement`: transactions and the tracker that acknowledges them in order.
+"""
+
+from .dispatcher import Dispatcher, ErrorHandler
+
+__all__ = ["Dispatcher", "ErrorHandler"]

@@ -1,0 +1,315 @@
+"""The dispatcher: the :class:`~flash_wal.drivers.base.Sink` a driver writes changes to.
+
+The replication thread calls the Sink methods (begin, change, commit, ...); nothing
+else does. Each change becomes one event per interested listener (see
+:mod:`.routes`), handed to that listener's workers (:mod:`.workers`) in batches, so
+the cost of crossing threads is paid per batch, not per event. Routes and the
+:class:`~.acknowledgement.AckTracker` stay inside: a driver sees only the Sink.
+
+A listener with ``max_parallel=1`` has one worker: its callbacks run one at a time in
+commit order. With N > 1 (or -1: up to ``UNBOUNDED_WORKERS``) events are handed out
+one by one to up to N workers. Whatever the setting, a transaction is done only when
+every task holding one of its events has run, and the tracker acknowledges done
+transactions in commit order only.
+"""
+
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..drivers.base import Sink
+from ..events import MessageEvent, TruncateEvent
+from ..listener import Listener
+from ..operations import Operation
+from ..table_name import TableName
+from .acknowledgement import AckTracker, Transaction
+from .routes import MessageRoute, Route, describe_event, unshaped_event
+from .workers import Task, Workers
+
+__all__ = ["Dispatcher", "ErrorHandler"]
+
+logger = logging.getLogger(__name__)
+
+ErrorHandler = Callable[[BaseException, Any], Any]
+
+INSERT, UPDATE, TRUNCATE = Operation.INSERT, Operation.UPDATE, Operation.TRUNCATE
+
+_in_callback = threading.local()  # .active: this worker thread is running a task
+
+
+class Dispatcher(Sink):
+    """Routes changes to attached listeners and runs their callbacks on worker threads."""
+
+    def __init__(self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000) -> None:
+        self._tracker = AckTracker()
+        self.max_queued_events = max_queued_events
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        # Both maps are replaced whole on change, so the replication thread reads
+        # them without a lock.
+        self._routes: Dict[TableName, Tuple[Route, ...]] = {}
+        self._by_listener: Dict[Listener, Route] = {}
+        self.callbacks_failed = 0
+        self._started_batches: List[Any] = []  # routes with pending events (replication thread)
+        self._messages = MessageRoute(Workers("messages", 1, self._run))
+        self._closing = False
+
+    # --- listeners (any thread) -------------------------------------------------------
+
+    def attach(self, listener: Listener, since_lsn: int = 0) -> None:
+        """Route changes committed after ``since_lsn`` on the listener's table to it."""
+        with self._lock:
+            workers = Workers(str(listener.table), listener.config.max_parallel, self._run)
+            route = Route(listener, since_lsn, workers)
+            by_listener = dict(self._by_listener)
+            by_listener[listener] = route
+            routes = dict(self._routes)
+            routes[listener.table] = routes.get(listener.table, ()) + (route,)
+            self._by_listener, self._routes = by_listener, routes
+
+    def detach(self, listener: Listener) -> None:
+        """Stop routing to ``listener``; its queued events are dropped. A call of its
+        callbacks already running may go on: ``listener.wait_for_running_calls()``
+        waits for it."""
+        with self._lock:
+            by_listener = dict(self._by_listener)
+            route = by_listener.pop(listener)
+            route.active = False
+            routes = dict(self._routes)
+            remaining = tuple(r for r in routes[listener.table] if r is not route)
+            if remaining:
+                routes[listener.table] = remaining
+            else:
+                del routes[listener.table]
+            self._by_listener, self._routes = by_listener, routes
+        route.workers.close()
+
+    def on_message(self, prefix: str, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback`` for every logical decoding message whose prefix starts with ``prefix``."""
+        with self._lock:
+            self._messages.handlers += ((prefix, callback),)
+
+    @property
+    def wants_messages(self) -> bool:
+        return bool(self._messages.handlers)
+
+    def wants(self, table: TableName) -> bool:
+        return table in self._routes
+
+    # --- the replication thread -------------------------------------------------------
+
+    def begin(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> Transaction:
+        txn = Transaction(commit_lsn, xid, commit_time)
+        self._tracker.begin(txn)
+        return txn
+
+    def abandon(self, txn: Transaction) -> None:
+        self._tracker.abandon(txn)
+
+    @property
+    def acked_lsn(self) -> int:  # type: ignore[override]
+        return self._tracker.acked_lsn
+
+    @property
+    def settled(self) -> bool:
+        return self._tracker.settled
+
+    @property
+    def queued_events(self) -> int:
+        return self._tracker.queued_events
+
+    @property
+    def events_delivered(self) -> int:
+        return self._tracker.events_delivered
+
+    @property
+    def on_acknowledged(self) -> Optional[Callable[[], None]]:  # type: ignore[override]
+        return self._tracker.on_advance
+
+    @on_acknowledged.setter
+    def on_acknowledged(self, callback: Optional[Callable[[], None]]) -> None:
+        self._tracker.on_advance = callback
+
+    def wait_for_room(self, timeout: float) -> bool:
+        if not self.has_room():
+            self._tracker.wait_for_change(timeout)
+        return self.has_room()
+
+    def change(
+        self, txn: Transaction, operation: Operation, table: TableName, lsn: int,
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+    ) -> None:
+        """Queue an INSERT, UPDATE or DELETE for each route that wants it.
+
+        This runs once per change, so the plain case (no fields, no conditions: one
+        event shared by all such routes) and the batching are spelled out here;
+        :meth:`change_plainly` is its readable twin, and a unit test holds them equal.
+        """
+        routes = self._routes.get(table)
+        if routes is None:
+            return
+        text = routes[0].table_text
+        unshaped = None
+        commit_lsn = txn.commit_lsn
+        for route in routes:
+            if commit_lsn <= route.since_lsn or not route.active:
+                if self._closing:
+                    txn.cut_short = True  # read after close(): never delivered, never acknowledged
+                continue
+            wanted = route.listener.callbacks_for(operation)
+            if route.plain:
+                if not wanted:
+                    continue
+                if unshaped is None:
+                    unshaped = unshaped_event(operation, text, lsn, txn, old, new)
+                event = unshaped
+            else:
+                # Without a callback for the operation, an UPDATE may still become an
+                # INSERT or DELETE through the listener's conditions.
+                if not wanted and (operation is not UPDATE or not route.conditions):
+                    continue
+                event = route.event_for(operation, text, lsn, txn, old, new)
+                if event is None or not route.listener.callbacks_for(event.operation):
+                    continue
+            # _add_pending, inlined: a method call per event is a tenth of this loop.
+            pending = route.pending
+            if not pending:
+                route.pending_txn = txn
+                self._started_batches.append(route)
+            pending.append(event)
+            if len(pending) >= route.batch_size:
+                self._hand_off(route)
+
+    def change_plainly(
+        self, txn: Transaction, operation: Operation, table: TableName, lsn: int,
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+    ) -> None:
+        """What :meth:`change` does, written plainly: each route shapes its own event."""
+        for route in self._routes.get(table, ()):
+            if txn.commit_lsn <= route.since_lsn or not route.active:
+                if self._closing:
+                    txn.cut_short = True
+                continue
+            if not route.listener.callbacks_for(operation) and (operation is not UPDATE or not route.conditions):
+                continue
+            event = route.event_for(operation, route.table_text, lsn, txn, old, new)
+            if event is not None and route.listener.callbacks_for(event.operation):
+                self._add_pending(route, txn, event)
+
+    def truncate(self, txn: Transaction, table: TableName, lsn: int, cascade: bool, restart_identity: bool) -> None:
+        """Queue a TRUNCATE for each route with a callback for it (fields and conditions
+        do not apply: there is no row)."""
+        routes = self._routes.get(table, ())
+        if not routes:
+            return
+        event = TruncateEvent(
+            table=routes[0].table_text, lsn=lsn, commit_lsn=txn.commit_lsn, xid=txn.xid, commit_time=txn.commit_time,
+            cascade=cascade, restart_identity=restart_identity,
+        )
+        for route in routes:
+            if not route.active and self._closing:
+                txn.cut_short = True
+            elif txn.commit_lsn > route.since_lsn and route.active and route.listener.callbacks_for(TRUNCATE):
+                self._add_pending(route, txn, event)
+
+    def message(self, txn: Transaction, event: MessageEvent) -> None:
+        route = self._messages
+        if route.callbacks_for(event):
+            self._add_pending(route, txn, event)
+
+    def _add_pending(self, route: Any, txn: Transaction, event: Any) -> None:
+        pending = route.pending
+        if not pending:
+            route.pending_txn = txn
+            self._started_batches.append(route)
+        pending.append(event)
+        if len(pending) >= route.batch_size:
+            self._hand_off(route)
+
+    def flush(self) -> None:
+        """Hand every partly filled batch to its workers."""
+        for route in self._started_batches:
+            if route.pending:
+                self._hand_off(route)
+        self._started_batches.clear()
+
+    def commit(self, txn: Transaction, end_lsn: int) -> None:
+        self.flush()
+        self._tracker.commit(txn, end_lsn)
+
+    def has_room(self) -> bool:
+        return self._tracker.queued_events < self.max_queued_events
+
+    def _hand_off(self, route: Any) -> None:
+        events, route.pending = route.pending, []
+        txn = route.pending_txn
+        self._tracker.add_task(txn, len(events))
+        route.workers.put(Task(route, txn, events))
+
+    # --- worker threads ---------------------------------------------------------------
+
+    def _run(self, task: Task) -> None:
+        route = task.route
+        callbacks_for, still_wanted = route.callbacks_for, route.still_wanted
+        running = route.running_calls
+        calling, me = running.by_thread, threading.get_ident()
+        delivered = None
+        _in_callback.active = True
+        try:
+            for index, event in enumerate(task.events):
+                if not route.active:  # detached, or the client closed: not one more call
+                    if self._closing:
+                        delivered = index  # the rest is not delivered: never acknowledged
+                    break
+                for callback in callbacks_for(event):
+                    # Announced first, checked second: see RunningCalls.
+                    calling[me] = callback
+                    try:
+                        if route.active and still_wanted(callback):
+                            callback(event)
+                    except BaseException as exc:
+                        # A user callback, even one calling sys.exit(): report and go
+                        # on, or the listener's worker would die with its queue.
+                        self._callback_failed(exc, event, callback)
+                    finally:
+                        calling[me] = None
+                        if running.waiters:
+                            running.notify_finished()
+        finally:
+            _in_callback.active = False
+            self._tracker.task_done(task.txn, len(task.events), delivered)
+
+    def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
+        with self._lock:
+            self.callbacks_failed += 1
+        # Not the event itself: its rows may be large, or personal data.
+        logger.error("callback %r failed on %s", callback, describe_event(event), exc_info=exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(exc, event)
+            except BaseException:
+                # SystemExit included: on a worker thread it would only end the worker,
+                # leaving the listener's queue and acknowledgement stuck.
+                logger.exception("on_error handler %r failed; delivery goes on", self._on_error)
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def drain(self, timeout: Optional[float]) -> bool:
+        return self._tracker.wait_drained(timeout)
+
+    def wake(self) -> None:
+        self._tracker.wake()
+
+    def in_callback(self) -> bool:
+        """Whether the calling thread is one of ours, running a callback."""
+        return getattr(_in_callback, "active", False)
+
+    def close(self) -> None:
+        """No callback starts from now on. Queued events are dropped, and their
+        transactions are never acknowledged."""
+        with self._lock:
+            self._closing = True
+            routes = list(self._by_listener.values()) + [self._messages]
+        for route in routes:
+            route.active = False
+            route.workers.close()

@@ -1,0 +1,69 @@
+"""The worker threads of one listener, started as tasks arrive and kept until closed."""
+
+import collections
+import threading
+from typing import Any, Callable, Deque, List
+
+from ..listener import UNBOUNDED_WORKERS
+
+__all__ = ["Task", "Workers"]
+
+
+class Task:
+    __slots__ = ("route", "txn", "events")
+
+    def __init__(self, route: Any, txn: Any, events: List[Any]) -> None:
+        self.route = route
+        self.txn = txn
+        self.events = events
+
+
+class Workers:
+    """Up to ``limit`` threads (-1: :data:`UNBOUNDED_WORKERS`) running one listener's
+    tasks; a thread waits for the next task once it is done with one."""
+
+    def __init__(self, name: str, limit: int, run: Callable[[Task], None]) -> None:
+        self._name = name
+        self._limit = UNBOUNDED_WORKERS if limit == -1 else limit
+        self._run_task = run
+        self._cond = threading.Condition()
+        self._tasks: Deque[Task] = collections.deque()
+        self._threads: List[threading.Thread] = []
+        self._waiting = 0
+        self._closed = False
+
+    def put(self, task: Task) -> None:
+        with self._cond:
+            if not self._closed:
+                self._tasks.append(task)
+                if self._waiting:
+                    self._waiting -= 1
+                    self._cond.notify()
+                elif len(self._threads) < self._limit:
+                    thread = threading.Thread(
+                        target=self._loop, name=f"flash_wal-{self._name}-{len(self._threads)}", daemon=True
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+                return
+        # Detached while the replication thread was routing to it: the task only
+        # needs its bookkeeping, which must not wait for a worker that is gone.
+        self._run_task(task)
+
+    def _loop(self) -> None:
+        cond, tasks = self._cond, self._tasks
+        while True:
+            with cond:
+                while not tasks:
+                    if self._closed:
+                        return
+                    self._waiting += 1
+                    cond.wait()
+                task = tasks.popleft()
+            self._run_task(task)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._waiting = 0
+            self._cond.notify_all()
