@@ -36,7 +36,7 @@ import psycopg2.extras
 
 from flash_wal import Client, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig, identity, server
-from flash_wal.drivers.wal_logical.stream import ReplicationThread
+from flash_wal.drivers.wal_logical.replication import ReplicationThread
 
 
 class RecordFile:

@@ -17,7 +17,7 @@ from ...table_name import TableName
 from ...validators import config_from, instance_of, positive_int, seconds
 from .. import base
 from . import claim, identity, ownership, server
-from .stream import ReplicationThread
+from .replication import ReplicationThread
 
 __all__ = ["Driver", "DriverConfig"]
 
@@ -197,7 +197,7 @@ class Driver(base.Driver):
                 check_publication=self._check_publication,
                 on_fatal=on_fatal,
             )
-            self._thread.start_streaming(timeout=config.setup_timeout)
+            self._thread.start_session(timeout=config.setup_timeout)
             logger.info(
                 "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",

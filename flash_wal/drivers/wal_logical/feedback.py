@@ -1,4 +1,4 @@
-"""What the server is told, and when: the status updates of the replication stream.
+"""What the server is told, and when: the status updates of a replication session.
 
 No I/O here: the replication thread asks :class:`StatusPolicy` whether an update is
 due and which position it carries, sends it, and says so.
@@ -13,7 +13,7 @@ Updates go out:
 
 - when the server asks for one (a keepalive with the reply flag);
 - when the position moved and the last update is ``busy_interval`` old (20 ms), so
-  that a stream that never idles still has its acknowledgements confirmed at once,
+  that a session that never idles still has its acknowledgements confirmed at once,
   without one update per transaction when thousands complete each second (a crash
   redelivers what completed in the last 20 ms, besides what was still running);
 - at least every ``heartbeat_interval``, moved or not, so that the server's

@@ -1,4 +1,4 @@
-"""The replication stream's messages, read and written through libpq itself.
+"""A replication session's messages, read and written through libpq itself.
 
 psycopg2's ``read_message()`` answers the server's keepalives on its own, and one of
 its rules moves the flush position it reports up to the server's WAL end once the
@@ -24,7 +24,7 @@ import psycopg2
 import psycopg2._psycopg
 import psycopg2.errors
 
-__all__ = ["ReplicationWire", "StreamEnded"]
+__all__ = ["ReplicationWire", "SessionEnded"]
 
 _XLOG_DATA = struct.Struct(">QQq")  # data start, WAL end, send time (after b"w")
 _KEEPALIVE = struct.Struct(">Qq?")  # WAL end, send time, reply requested (after b"k")
@@ -69,8 +69,8 @@ def _load_libpq() -> Any:
 _libpq = _load_libpq()
 
 
-class StreamEnded(psycopg2.OperationalError):
-    """The server ended the stream without an error: it is shutting down."""
+class SessionEnded(psycopg2.OperationalError):
+    """The server ended the session without an error: it is shutting down."""
 
 
 class ReplicationWire:
@@ -135,7 +135,7 @@ class ReplicationWire:
                 consumed = True
                 continue
             if length == -1:
-                raise self._end_of_stream()
+                raise self._end_of_session()
             raise self._connection_error()
 
     def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
@@ -147,14 +147,14 @@ class ReplicationWire:
         self.reply_requested = False
 
     def end(self, timeout: float) -> bool:
-        """End the stream the way the protocol does, after the last status update.
+        """End the session the way the protocol does, after the last status update.
 
         Closing a socket that still holds unread frames resets the connection, and a
         walsender busy sending finds that out on its next write and exits without
         reading what came before: the last update would be lost. A CopyDone is read
         only after every update sent before it, and the server answers it by ending
         its COPY; the frames still on their way are read and dropped meanwhile (none
-        of them is acknowledged). True once the server has ended the stream.
+        of them is acknowledged). True once the server has ended its side.
         """
         pgconn, libpq = self._pgconn, _libpq
         if libpq.PQputCopyEnd(pgconn, None) != 1 or libpq.PQflush(pgconn) != 0:
@@ -167,7 +167,7 @@ class ReplicationWire:
                 libpq.PQfreemem(self._buffer)
                 continue
             if length == -1:
-                self._end_of_stream()  # reads the results, leaving the connection idle
+                self._end_of_session()  # reads the results, leaving the connection idle
                 return True
             if length < -1:
                 return False
@@ -182,7 +182,7 @@ class ReplicationWire:
         message = (_libpq.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace").strip()
         return psycopg2.OperationalError(message or "the replication connection was lost")
 
-    def _end_of_stream(self) -> psycopg2.Error:
+    def _end_of_session(self) -> psycopg2.Error:
         """The COPY ended: the server's reason, as the psycopg2 error of its SQLSTATE."""
         error: Optional[psycopg2.Error] = None
         while True:
@@ -197,7 +197,7 @@ class ReplicationWire:
                         error = _error_class(sqlstate.decode("ascii"))(message)
             finally:
                 _libpq.PQclear(result)
-        return error or StreamEnded("the server ended the replication stream (no COPY in progress)")
+        return error or SessionEnded("the server ended the replication session (no COPY in progress)")
 
 
 def _error_class(sqlstate: str) -> type:

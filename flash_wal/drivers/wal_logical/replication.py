@@ -28,16 +28,16 @@ from ...events import format_lsn
 from ...protocol import PgOutputParser
 from ...waker import Waker
 from ..base import Sink
+from .failures import (
+    PublicationGap, as_flash_error, is_connection_loss, is_invalidated, is_publication_missing,
+    publication_missing_error,
+)
 from .feedback import StatusPolicy
 from .server import invalidated_slot_error
 from .translator import ChangeTranslator
 from .wire import ReplicationWire
 
 logger = logging.getLogger(__name__)
-
-
-class PublicationGap(ReplicationError):
-    """The server decoded part of the WAL without our publication and skipped its changes."""
 
 
 class ReplicationThread(threading.Thread):
@@ -82,8 +82,8 @@ class ReplicationThread(threading.Thread):
         self._waker = Waker()
         self._stopping = False
         self._idle = False  # in select(): an advanced acknowledgement should wake it
-        self._streaming = threading.Event()
-        self._streaming_error: Optional[BaseException] = None
+        self._first_session = threading.Event()
+        self._start_error: Optional[BaseException] = None
         self._conn: Any = None
         self._conn_lock = threading.Lock()  # _conn is read by other threads to cancel
         self._in_setup = False  # waiting on the server to create the slot: cancel to stop
@@ -99,20 +99,20 @@ class ReplicationThread(threading.Thread):
 
     # --- called from other threads ----------------------------------------------------
 
-    def start_streaming(self, timeout: float) -> None:
-        """Start the thread; return once changes are streaming, or raise why not."""
+    def start_session(self, timeout: float) -> None:
+        """Start the thread; return once the first session has started, or raise why not."""
         self.start()
-        if not self._streaming.wait(timeout):
+        if not self._first_session.wait(timeout):
             self.stop()
-            self._streaming.wait()
+            self._first_session.wait()
             raise ConfigurationError(
                 f"the replication slot could not be created within setup_timeout={timeout:g} s: "
                 "the server waits for transactions that were open at that moment to end. Finish "
                 "or cancel long-running transactions (see pg_stat_activity), or raise "
                 "DriverConfig(setup_timeout=...)"
             )
-        if self._streaming_error is not None:
-            raise self._streaming_error
+        if self._start_error is not None:
+            raise self._start_error
 
     def stop(self) -> None:
         """Ask the thread to stop reading, drain callbacks, acknowledge and disconnect."""
@@ -150,13 +150,13 @@ class ReplicationThread(threading.Thread):
             try:
                 wire = self._open_session(self._create_slot)
             except BaseException as exc:
-                self._streaming_error = _as_flash_error(exc, "could not start replication")
+                self._start_error = as_flash_error(exc, "could not start replication")
                 return
             finally:
-                self._streaming.set()
+                self._first_session.set()
             while wire is not None:
                 try:
-                    self._stream(wire)
+                    self._read_session(wire)
                     self._finish(wire)
                     return
                 except PublicationGap as exc:
@@ -165,11 +165,11 @@ class ReplicationThread(threading.Thread):
                 except BaseException as exc:
                     if self._stopping:
                         return
-                    if _is_publication_missing(exc):
-                        self._on_fatal(_publication_missing_error(exc, self._slot))
+                    if is_publication_missing(exc):
+                        self._on_fatal(publication_missing_error(exc, self._slot))
                         return
-                    if not _is_connection_loss(exc):
-                        self._on_fatal(_as_flash_error(exc, "replication stopped"))
+                    if not is_connection_loss(exc):
+                        self._on_fatal(as_flash_error(exc, "replication stopped"))
                         return
                     logger.warning("replication connection lost (%s); reconnecting", one_line(exc))
                 if not self._finish_replay_offline():
@@ -224,7 +224,7 @@ class ReplicationThread(threading.Thread):
                 slot_name=self._slot, decode=False, start_lsn=start_lsn, options=self._plugin_options,
             )
         except psycopg2.Error as exc:
-            if _is_invalidated(exc):
+            if is_invalidated(exc):
                 raise invalidated_slot_error(self._slot, one_line(exc)) from exc
             raise
         self._policy = _carried_over(self._policy, heartbeat)
@@ -284,7 +284,7 @@ class ReplicationThread(threading.Thread):
         if conn is not None:
             _close_quietly(conn)
 
-    def _stream(self, wire: ReplicationWire) -> None:
+    def _read_session(self, wire: ReplicationWire) -> None:
         parse, handle = self._translator.parser.parse, self._translator.handle
         read = wire.read
         sink, clock, policy = self._sink, time.monotonic, self._policy  # the session's policy
@@ -419,7 +419,7 @@ class ReplicationThread(threading.Thread):
             self._report(wire)
         self._report(wire, force=True)
         if not self._temporary and not wire.end(max(deadline - time.monotonic(), 1.0)):
-            logger.info("the server did not end the stream within the shutdown time: its last "
+            logger.info("the server did not end the session within the shutdown time: its last "
                         "acknowledgement may not be recorded, and the next start may deliver some events again")
 
 
@@ -428,32 +428,6 @@ def _carried_over(policy: StatusPolicy, heartbeat: float) -> StatusPolicy:
     fresh = StatusPolicy(heartbeat)
     fresh.sent_lsn = policy.sent_lsn
     return fresh
-
-
-def _is_connection_loss(exc: BaseException) -> bool:
-    # AdminShutdown (pg_terminate_backend, server shutdown) is an OperationalError too.
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
-
-
-def _is_publication_missing(exc: BaseException) -> bool:
-    # Before PostgreSQL 18, decoding a change after the publication was dropped fails.
-    return isinstance(exc, psycopg2.errors.UndefinedObject) and "publication" in str(exc)
-
-
-def _publication_missing_error(exc: BaseException, slot: str) -> ReplicationError:
-    error = ReplicationError(
-        f"{one_line(exc)}: it was dropped while slot {slot!r} still needed it, and the server "
-        "cannot decode that slot's changes past this point without it. Drop the slot (Driver.drop "
-        "or 'flash-wal cleanup') and start again; changes made since the drop are lost"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _is_invalidated(exc: psycopg2.Error) -> bool:
-    message = str(exc)
-    return "invalidated" in message or "can no longer get changes" in message
-
 
 
 def _close_quietly(conn: Any) -> None:
@@ -468,11 +442,3 @@ def _lazy_lookup(catalog_cursor: Callable[[], Any]):
         return lookup_types_with(catalog_cursor())(oids)
 
     return lookup
-
-
-def _as_flash_error(exc: BaseException, what: str) -> BaseException:
-    if isinstance(exc, FlashError) or not isinstance(exc, Exception):
-        return exc
-    error = ReplicationError(f"{what}: {exc}".strip())
-    error.__cause__ = exc
-    return error
