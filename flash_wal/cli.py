@@ -436,7 +436,7 @@ def _listen_conditions(args: argparse.Namespace, tables: Sequence[TableName]) ->
     A --where value is read as a value of its column's type by the server, so that
     ``published=true`` means True for a boolean and ``'true'`` for a text column.
     """
-    from .drivers.wal_logical import server
+    from .drivers.wal_logical import catalog
     from .listener import Condition
 
     nulls = [Condition(column, None) for column in args.where_null]
@@ -446,10 +446,10 @@ def _listen_conditions(args: argparse.Namespace, tables: Sequence[TableName]) ->
     if not texts:
         return {table: nulls for table in tables}
     with _server_cursor(args.dsn) as cursor:
-        infos = server.describe_tables(cursor, tables)
+        infos = catalog.describe_tables(cursor, tables)
         return {
             table: [Condition(column, value)
-                    for column, value in server.column_values(cursor, infos[table], texts).items()] + nulls
+                    for column, value in catalog.column_values(cursor, infos[table], texts).items()] + nulls
             for table in tables
         }
 

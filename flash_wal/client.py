@@ -1,5 +1,6 @@
 """The client: listeners in, callbacks called, one driver doing the server work."""
 
+import enum
 import logging
 import threading
 from types import TracebackType
@@ -15,7 +16,7 @@ from .listener import Listener, listener_for
 from .operations import Operation
 from .validators import config_from, positive_int, seconds
 
-__all__ = ["Client", "ClientConfig"]
+__all__ = ["Client", "ClientConfig", "ClientState"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,25 @@ def _check_dsn(_instance: Any, attribute: "attr.Attribute[str]", value: Any) -> 
 def _check_driver(_instance: Any, attribute: "attr.Attribute[Driver]", value: Any) -> None:
     if not isinstance(value, Driver):
         raise ConfigurationError(f"driver must be a flash_wal Driver, got {value!r}")
+
+
+class ClientState(enum.Enum):
+    """Where a client is in its life; :attr:`reported` is what ``stats()["state"]`` says."""
+
+    NEW = "new"
+    STARTING = "starting"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+    @property
+    def reported(self) -> str:
+        # Not started yet counts as starting; once close() began, it is closed for users.
+        if self is ClientState.NEW:
+            return ClientState.STARTING.value
+        if self is ClientState.CLOSING:
+            return ClientState.CLOSED.value
+        return self.value
 
 
 @attr.s(frozen=True, slots=True, kw_only=True)
@@ -81,7 +101,7 @@ class Client:
         self._lock = threading.RLock()
         self._listeners: List[Listener] = []
         self._dispatcher = Dispatcher(on_error=config.on_error, max_queued_events=config.max_queued_events)
-        self._state = "new"
+        self._state = ClientState.NEW
         self._done = threading.Event()
         self._closed = threading.Event()
         self._fatal: Optional[BaseException] = None
@@ -98,7 +118,7 @@ class Client:
                     raise ConfigurationError(f"{listener!r} is already attached")
             self._check_open()
             wanted = self._listeners + list(listeners)
-            since_lsn = self.driver.listen(wanted) if self._state == "streaming" else 0
+            since_lsn = self.driver.listen(wanted) if self._state is ClientState.STREAMING else 0
             for listener in listeners:
                 self._dispatcher.attach(listener, since_lsn)
             self._listeners = wanted
@@ -117,7 +137,7 @@ class Client:
             for listener in listeners:
                 self._dispatcher.detach(listener)
             self._listeners = remaining
-            if self._state == "streaming":
+            if self._state is ClientState.STREAMING:
                 self.driver.listen(remaining)
         # Outside the lock: a running callback may attach or detach too.
         for listener in listeners:
@@ -166,9 +186,9 @@ class Client:
     def start(self) -> None:
         """Set up the server and start streaming; returns once changes are streaming."""
         with self._lock:
-            if self._state != "new":
-                raise FlashError(f"the client is {self._state}; a Client starts once")
-            self._state = "starting"
+            if self._state is not ClientState.NEW:
+                raise FlashError(f"the client is {self._state.value}; a Client starts once")
+            self._state = ClientState.STARTING
             try:
                 self.driver.start(
                     self.config.database_cnx,
@@ -179,11 +199,11 @@ class Client:
                     on_tables_gone=self._tables_gone,
                 )
             except BaseException:
-                self._state = "closed"
+                self._state = ClientState.CLOSED
                 self._dispatcher.close()
                 self._done.set()
                 raise
-            self._state = "streaming"
+            self._state = ClientState.STREAMING
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until close() or a fatal error, which is re-raised.
@@ -202,13 +222,13 @@ class Client:
         client finishes closing as soon as that callback has returned.
         """
         with self._lock:
-            if self._state in ("new", "closed"):
-                self._state = "closed"
+            if self._state in (ClientState.NEW, ClientState.CLOSED):
+                self._state = ClientState.CLOSED
                 self._done.set()
                 self._closed.set()
                 return
-            closing = self._state == "closing"
-            self._state = "closing"
+            closing = self._state is ClientState.CLOSING
+            self._state = ClientState.CLOSING
         if closing:  # another thread is closing it: wait for that, unless in a callback
             if not self._dispatcher.in_callback():
                 self._closed.wait()
@@ -229,7 +249,7 @@ class Client:
                 )
         finally:
             self._dispatcher.close()
-            self._state = "closed"
+            self._state = ClientState.CLOSED
             self._done.set()
             self._closed.set()
             logger.info(
@@ -247,9 +267,9 @@ class Client:
             "lag_bytes": None,
             "queue_depth": dispatcher.queued_events,
             "reconnects": 0,
-            "state": "closed" if self._fatal else {"new": "starting", "closing": "closed"}.get(self._state, self._state),
+            "state": ClientState.CLOSED.value if self._fatal else self._state.reported,
         }
-        if self._state == "streaming" and not self._fatal:
+        if self._state is ClientState.STREAMING and not self._fatal:
             try:
                 figures.update(self.driver.stats())
             except Exception:  # stats() never raises: what it cannot read is None
@@ -259,7 +279,7 @@ class Client:
     def _tables_gone(self, tables: Any) -> None:
         """Detach the listeners of tables dropped or renamed while streaming."""
         with self._lock:
-            if self._state != "streaming":
+            if self._state is not ClientState.STREAMING:
                 return
             tables = set(tables)
             gone = [listener for listener in self._listeners if listener.table in tables]
@@ -272,11 +292,11 @@ class Client:
         self._done.set()
 
     def _check_open(self) -> None:
-        if self._state in ("closing", "closed"):
+        if self._state in (ClientState.CLOSING, ClientState.CLOSED):
             raise FlashError("the client is closed")
 
     def __enter__(self) -> "Client":
-        if self._state == "new":
+        if self._state is ClientState.NEW:
             self.start()
         return self
 
@@ -289,4 +309,4 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Client {self._state} listeners={len(self._listeners)}>"
+        return f"<Client {self._state.value} listeners={len(self._listeners)}>"

@@ -35,7 +35,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from flash_wal import Client, Operation
-from flash_wal.drivers.wal_logical import Driver, DriverConfig, identity, server
+from flash_wal.drivers.wal_logical import Driver, DriverConfig, catalog, identity
 from flash_wal.drivers.wal_logical.replication import ReplicationThread
 
 
@@ -90,13 +90,13 @@ def _die_after(owner, name):
 
 #: Where --die-at strikes, in the order start() and close() reach them.
 STEPS = {
-    "checked": lambda: _die_after(server, "check_server"),
-    "published": lambda: (_die_after(server, "create_publication"), _die_after(server, "alter_publication")),
+    "checked": lambda: _die_after(catalog, "check_server"),
+    "published": lambda: (_die_after(catalog, "create_publication"), _die_after(catalog, "alter_publication")),
     "identity-set": lambda: _die_after(identity, "set_replica_identity_full"),
     "slot-ready": lambda: _die_before(psycopg2.extras.ReplicationCursor, "start_replication"),
     "replicating": lambda: _die_after(psycopg2.extras.ReplicationCursor, "start_replication"),
     "draining": lambda: _die_before(ReplicationThread, "_finish"),
-    "dropping": lambda: _die_before(server, "drop_publication"),
+    "dropping": lambda: _die_before(catalog, "drop_publication"),
 }
 
 

@@ -7,7 +7,7 @@ from psycopg2 import sql
 
 from flash_wal import Listener, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
-from flash_wal.drivers.wal_logical.server import protocol_version_for
+from flash_wal.drivers.wal_logical.catalog import protocol_version_for
 
 from .conftest import Recorder, wait_for
 

@@ -81,7 +81,7 @@ def test_stats_answer_at_once_while_the_query_connection_is_busy(make_client, ma
     client = make_client()
     client.on(make_table())(lambda event: None)
     with client:
-        with client.driver._lock:  # an attach or a check holds the query connection
+        with client.driver._query.lock:  # an attach or a check holds the query connection
             began = time.monotonic()
             figures = client.stats()
             took = time.monotonic() - began

@@ -7,7 +7,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal import Condition, ConfigurationError, Operation
-from flash_wal.drivers.wal_logical import server
+from flash_wal.drivers.wal_logical import catalog
 from flash_wal.table_name import TableName
 
 from .conftest import Recorder
@@ -60,9 +60,9 @@ def test_a_text_read_as_its_column_equals_the_value_events_carry(typed_table, ma
         (event,) = recorder.wait(1)
 
     cursor = db.conn.cursor()
-    info = server.describe_tables(cursor, [TableName("public", table)])[TableName("public", table)]
+    info = catalog.describe_tables(cursor, [TableName("public", table)])[TableName("public", table)]
     for column in (1, 2):  # the text as inserted, and the same value written otherwise
-        values = server.column_values(cursor, info, {name: case[column] for name, case in CASES.items()})
+        values = catalog.column_values(cursor, info, {name: case[column] for name, case in CASES.items()})
         for name, value in values.items():
             assert value == event.new[name] and type(value) is type(event.new[name]), (name, value)
             assert Condition(name, value).holds(event.new)
@@ -71,7 +71,7 @@ def test_a_text_read_as_its_column_equals_the_value_events_carry(typed_table, ma
 def test_a_text_the_column_cannot_hold_is_a_configuration_error(make_table, db):
     table = make_table("id int PRIMARY KEY, n int, code char(2), meta jsonb")
     cursor = db.conn.cursor()
-    info = server.describe_tables(cursor, [TableName("public", table)])[TableName("public", table)]
+    info = catalog.describe_tables(cursor, [TableName("public", table)])[TableName("public", table)]
     for texts, message in (
         ({"n": "many"}, 'invalid input syntax for type integer: "many"'),
         ({"code": "abc"}, "value too long for type character(2)"),
@@ -79,5 +79,5 @@ def test_a_text_the_column_cannot_hold_is_a_configuration_error(make_table, db):
         ({"N": "1"}, "has no column 'N' (it has id, n, code, meta); column names are case-sensitive"),
     ):
         with pytest.raises(ConfigurationError, match=re.escape(message)):
-            server.column_values(cursor, info, texts)
-    assert server.column_values(cursor, info, {}) == {}
+            catalog.column_values(cursor, info, texts)
+    assert catalog.column_values(cursor, info, {}) == {}

@@ -255,7 +255,7 @@ def test_reconnect_retries_while_another_process_holds_the_slot(make_table, db, 
             recorder.wait(1)
             # The driver's lock keeps the client's first reconnection attempt waiting
             # until the thief holds the slot, as a walsender slow to die would.
-            with driver._lock:
+            with driver._query.lock:
                 db.terminate_walsender(slot)
                 wait_for(lambda: db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
                                              (slot,)) == (None,), what="the slot to be released")

@@ -11,7 +11,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal import Client, ConfigurationError, FlashError, Listener, Operation
-from flash_wal.drivers.wal_logical import Driver, DriverConfig, server
+from flash_wal.drivers.wal_logical import Driver, DriverConfig, catalog
 from flash_wal.errors import SlotInUseError
 
 from .conftest import Database, Recorder, wait_for
@@ -134,13 +134,13 @@ def test_slot_of_an_instance_still_starting_is_in_use(make_table, db, unique):
     table = make_table()
     name = f"flash_{unique}"
     # What a client holds from the beginning of start(), before its slot exists.
-    db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (server.SLOT_LOCK, name))
+    db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (catalog.SLOT_LOCK, name))
     client = Client(database_cnx=db.dsn, driver=driver_for(name))
     client.on(table)(lambda event: None)
     with pytest.raises(SlotInUseError, match="starting or reconnecting"):
         client.start()
     assert_nothing_left(db, name)
-    db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (server.SLOT_LOCK, name))
+    db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (catalog.SLOT_LOCK, name))
     # Once the other instance has gone, the slot is free.
     retry = Client(database_cnx=db.dsn, driver=driver_for(name))
     retry.on(table)(lambda event: None)

@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 from flash_wal import Client, ConfigurationError, Operation
 from flash_wal.errors import SlotInUseError
-from flash_wal.drivers.wal_logical import Driver, DriverConfig, server
+from flash_wal.drivers.wal_logical import Driver, DriverConfig, catalog
 
 from .conftest import Database, Recorder, wait_for
 
@@ -182,7 +182,7 @@ def test_slot_lock_is_taken_again_after_a_server_restart(pg_server, dsn, unique,
         try:
             # What a second instance's start() tries first.
             assert check.fetchone("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                  (server.SLOT_LOCK, f"flash_{unique}"))[0] is False
+                                  (catalog.SLOT_LOCK, f"flash_{unique}"))[0] is False
         finally:
             check.close()
         second = Client(database_cnx=dsn, driver=restart_driver(unique))
@@ -203,7 +203,7 @@ def test_an_instance_that_took_the_slot_during_a_restart_keeps_it(pg_server, dsn
         first.start()
         # The driver's lock keeps the first client's reconnection waiting until the
         # second client has started, as a first client slower to come back would.
-        with first_driver._lock:
+        with first_driver._query.lock:
             pg_server.restart()
             second.start()
         with pytest.raises(SlotInUseError, match="while this client was disconnected"):
@@ -232,9 +232,9 @@ def test_a_lock_still_held_by_the_clients_own_broken_session_is_taken_back(make_
     lock_holder = ("SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
                    " AND l.classid = %s::int4::oid AND l.objid = hashtext(%s)::oid")
     with client:
-        old_pid = client.driver._query.get_backend_pid()
-        assert db.fetchone(lock_holder, (server.SLOT_LOCK, f"flash_{unique}")) == (old_pid,)
-        descriptor = client.driver._query.fileno()
+        old_pid = client.driver._query._conn.get_backend_pid()
+        assert db.fetchone(lock_holder, (catalog.SLOT_LOCK, f"flash_{unique}")) == (old_pid,)
+        descriptor = client.driver._query._conn.fileno()
         kept = os.dup(descriptor)  # the server's side stays open: it notices nothing
         ours, gone = socket.socketpair()
         os.dup2(ours.fileno(), descriptor)  # the client's side now reads end-of-file
@@ -244,9 +244,9 @@ def test_a_lock_still_held_by_the_clients_own_broken_session_is_taken_back(make_
             assert client.stats()["lag_bytes"] is None  # stats() never waits to reconnect
             client.on(make_table(), Operation.INSERT)(recorder)  # attach: the connection is opened again
             assert client.stats()["lag_bytes"] is not None
-            new_pid = client.driver._query.get_backend_pid()
+            new_pid = client.driver._query._conn.get_backend_pid()
             assert new_pid != old_pid
-            assert db.fetchone(lock_holder, (server.SLOT_LOCK, f"flash_{unique}")) == (new_pid,)
+            assert db.fetchone(lock_holder, (catalog.SLOT_LOCK, f"flash_{unique}")) == (new_pid,)
             wait_for(lambda: db.fetchone("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old_pid,)) is None,
                      what="the old session to be ended")
         finally:

@@ -10,7 +10,7 @@ from typing import Any, Optional, Set, Tuple
 
 from ...errors import ConfigurationError, SlotInUseError
 from ...table_name import TableName
-from . import ownership, server
+from . import catalog, ownership
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +19,10 @@ def claim_slot(cursor, config: Any) -> bool:
     """Take the slot's lock and make the slot ours to use; True when an existing slot is
     resumed, False when it is to be created."""
     slot = config.replication_slot
-    if server.wait_for_slot_lock(cursor, slot, config.slot_wait_timeout):
-        state = server.wait_for_slot(cursor, slot, config.slot_wait_timeout, gone=False)
+    if catalog.wait_for_slot_lock(cursor, slot, config.slot_wait_timeout):
+        state = catalog.wait_for_slot(cursor, slot, config.slot_wait_timeout, gone=False)
     else:
-        state = server.slot_state(cursor, slot)
+        state = catalog.slot_state(cursor, slot)
         if state is None or state.active_pid is None:
             raise SlotInUseError(
                 f"replication slot {slot!r} is in use by another running instance (it is "
@@ -42,7 +42,7 @@ def claim_slot(cursor, config: Any) -> bool:
         _check_durable_leftover(cursor, config, foreign)
         logger.warning("dropping the inactive durable replication slot %r that this configuration "
                        "made with durable=True", slot)
-        server.drop_slot(cursor, slot)
+        catalog.drop_slot(cursor, slot)
         return False
     if foreign is not None:
         raise ConfigurationError(
@@ -51,7 +51,7 @@ def claim_slot(cursor, config: Any) -> bool:
             f"that slot if it is no longer needed: {ownership.drop_slot_sql(slot)}"
         )
     if state.invalidated:
-        raise server.invalidated_slot_error(slot, "its wal_status is 'lost'")
+        raise catalog.invalidated_slot_error(slot, "its wal_status is 'lost'")
     return True
 
 
@@ -88,7 +88,7 @@ def resumed_publication(cursor, config: Any) -> Tuple[str, Optional[Set[TableNam
     prefix, slot, name = config.publication_slot_prefix, config.replication_slot, config.publication_name
     if ownership.check_publication(cursor, name, prefix, slot) is None:
         legacy = ownership.legacy_publication_name(prefix, slot)
-        tables = server.publication_tables(cursor, legacy)
+        tables = catalog.publication_tables(cursor, legacy)
         if tables is not None:
             logger.warning(
                 "resuming the durable slot %s with its publication %s, named as by flash_wal 0.1.0; "
@@ -97,4 +97,4 @@ def resumed_publication(cursor, config: Any) -> Tuple[str, Optional[Set[TableNam
                 slot, legacy, prefix, slot, name,
             )
             return legacy, tables
-    return name, server.publication_tables(cursor, name)
+    return name, catalog.publication_tables(cursor, name)

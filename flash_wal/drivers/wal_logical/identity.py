@@ -23,7 +23,7 @@ from psycopg2 import sql
 
 from ...errors import ConfigurationError
 from ...table_name import TableName
-from .server import SLOT_LOCK, TableInfo, table_identifier
+from .catalog import SLOT_LOCK, TableInfo, table_identifier
 
 logger = logging.getLogger(__name__)
 

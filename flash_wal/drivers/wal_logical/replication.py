@@ -33,7 +33,7 @@ from .failures import (
     publication_missing_error,
 )
 from .feedback import StatusPolicy
-from .server import invalidated_slot_error
+from .catalog import invalidated_slot_error
 from .translator import ChangeTranslator
 from .wire import ReplicationWire
 

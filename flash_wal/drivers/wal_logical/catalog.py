@@ -1,4 +1,4 @@
-"""The SQL side of the wal_logical driver: checks, publications, slots.
+"""The SQL the driver runs against the server's catalogs: checks, tables, publications, slots, locks.
 
 Every function takes a cursor of an autocommit (non-replication) connection. Names are
 quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
