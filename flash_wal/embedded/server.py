@@ -1,8 +1,8 @@
 """The embedded server's life cycle: :class:`EmbeddedPostgres`.
 
 ``start()`` makes the directories, runs ``initdb`` when the data directory holds no
-cluster, writes the settings and starts the server with ``pg_ctl`` on a free port
-(another one if that port is taken meanwhile), waiting until it accepts connections.
+cluster, writes the settings and starts the server with ``pg_ctl`` on ``port=`` or a
+free port (another one if that is taken meanwhile), waiting until it accepts connections.
 ``restart()`` keeps the data directory and the port; ``stop()`` shuts the server down
 and removes what ``start()`` made.
 
