@@ -14,8 +14,9 @@ from ..errors import ConfigurationError, FlashError
 from ..event_json import event_to_json
 from ..events import Event
 from ..foreground import run_until_stopped
-from ..listener import Condition, Listener, ListenerConfig, TableName, parse_table_name
+from ..listener import Condition, Listener, ListenerConfig
 from ..operations import Operation
+from ..table_name import TableName, parse_table_name
 from .options import (
     EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
     server_cursor,
