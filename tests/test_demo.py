@@ -20,7 +20,7 @@ import pytest
 
 from flash_wal import DeleteEvent, InsertEvent, TruncateEvent, UpdateEvent
 from flash_wal.cli import main
-from flash_wal.demo import format_event, format_lsn, format_value
+from flash_wal.cli.demo_output import format_event, format_lsn, format_value
 
 from .conftest import Database, wait_for
 

@@ -22,7 +22,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal import Client
-from flash_wal.cli import LISTEN_SLOT
+from flash_wal.cli.listen import LISTEN_SLOT
 from flash_wal.connection import mask_dsn
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 

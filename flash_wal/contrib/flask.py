@@ -14,9 +14,11 @@ from flask.cli import AppGroup, run_command
 from flask.helpers import get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
-from ..cli import _setup_logging
 from ..errors import ConfigurationError, FlashError
-from ._runner import ListenerRegistry, Settings, autostart, read_settings, run_until_stopped
+from ..foreground import run_until_stopped, stderr_logging
+from .autostart import autostart
+from .registry import ListenerRegistry
+from .settings import Settings, read_settings
 
 __all__ = ["FlashWal", "CONFIG_PREFIX"]
 
@@ -91,12 +93,11 @@ def flash_wal_commands() -> None:
 def run(verbose: int) -> None:
     """Run the client in the foreground until SIGTERM or Ctrl-C, then close it cleanly."""
     flash: FlashWal = current_app.extensions["flash_wal"]
-    undo_logging = _setup_logging(verbose) if verbose else None
-    try:
-        client = flash.make_client(flash.settings(current_app).client, no_listeners_hint=NO_LISTENERS)
-        run_until_stopped(flash, client, click.echo)
-    except FlashError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        if undo_logging is not None:
-            undo_logging()
+    # Without -v the app's own logging configuration applies.
+    with stderr_logging(verbose or None):
+        try:
+            client = flash.make_client(flash.settings(current_app).client, no_listeners_hint=NO_LISTENERS)
+            with flash.running(client):
+                run_until_stopped(client, announce=click.echo)
+        except FlashError as exc:
+            raise click.ClickException(str(exc)) from exc

@@ -9,7 +9,7 @@ Django page of the documentation.
 from typing import Any, Callable, Optional, Union
 
 from ...operations import Operation
-from .._runner import F, ListenerRegistry
+from ..registry import F, ListenerRegistry
 
 __all__ = ["flash", "DjangoListeners"]
 

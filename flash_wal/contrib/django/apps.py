@@ -8,7 +8,7 @@ from typing import Optional
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
-from .._runner import autostart
+from ..autostart import autostart
 from . import flash
 from .conf import autostart_wanted, client_settings
 

@@ -6,7 +6,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 
 from ...errors import ConfigurationError
-from .._runner import AUTOSTART, Settings, check_setting_names, read_settings
+from ..settings import AUTOSTART, Settings, check_setting_names, read_settings
 
 __all__ = ["client_settings", "database_cnx_from", "autostart_wanted"]
 
@@ -69,7 +69,8 @@ def database_cnx_from(database: Mapping[str, Any]) -> str:
         if database.get(setting):
             params[keyword] = database[setting]
     try:
-        return make_dsn(**params)
+        dsn: str = make_dsn(**params)
+        return dsn
     except psycopg2.ProgrammingError as exc:
         raise ConfigurationError(
             f"cannot make a connection string of DATABASES['default'] ({exc}); "

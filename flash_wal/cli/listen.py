@@ -1,0 +1,257 @@
+"""``flash-wal listen``: the changes of tables as JSON lines on standard output."""
+
+import argparse
+import os
+import select
+import signal
+import sys
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..client import Client, ClientConfig
+from ..drivers.wal_logical import Driver, DriverConfig, catalog
+from ..errors import ConfigurationError, FlashError
+from ..event_json import event_to_json
+from ..events import Event
+from ..foreground import run_until_stopped
+from ..listener import Condition, Listener, ListenerConfig
+from ..operations import Operation
+from ..table_name import TableName, parse_table_name
+from .options import (
+    EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
+    server_cursor,
+)
+
+__all__ = ["cmd_listen", "add_listen_parser", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
+
+#: Seconds close() gives callbacks still writing lines when ``listen`` stops. A line
+#: takes microseconds to write; events held back (see JsonLines) keep the exit
+#: waiting this long, and with --durable whatever was not written is delivered again.
+LISTEN_SHUTDOWN_TIMEOUT = 2.0
+#: The replication slot ``listen`` uses unless told otherwise: not the library's
+#: default, which an application's durable slot may have (and a temporary client
+#: drops an idle slot of its name as its own leftover).
+LISTEN_SLOT = "flash_listen"
+#: How often the main thread of ``listen`` looks whether the reader of the output went away.
+_POLL_SECONDS = 0.1
+#: A connection string that leaves every parameter to libpq's PGHOST, PGUSER, ...
+#: variables (ClientConfig wants a non-empty one).
+_FROM_ENVIRONMENT = "application_name=flash_wal"
+
+
+class JsonLines:
+    """The callback of ``listen``: each event as one JSON line on a file descriptor.
+
+    Lines are written whole (from any worker thread) and unbuffered, so that ``| jq``
+    and ``| head`` see each one at once. Writing stops after ``max_events`` lines or
+    when the reader goes away; ``stopped`` says which. With ``hold_back`` (a durable
+    slot) an event that is not written does not return from its callback before
+    :meth:`release`: its transaction is then not acknowledged, and the next run
+    delivers it again instead of losing it.
+    """
+
+    def __init__(self, fd: int, max_events: Optional[int], hold_back: bool) -> None:
+        self._fd = fd
+        self._max_events = max_events
+        self._hold_back = hold_back
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._poll = select.poll()
+        self._poll.register(fd, 0)  # POLLERR and POLLHUP are always reported
+        self.written = 0
+        #: None while writing; then "max-events", "broken-pipe" or "write-failed".
+        self.stopped: Optional[str] = None
+        self.error: Optional[OSError] = None
+
+    def __call__(self, event: Event) -> None:
+        line = (event_to_json(event) + "\n").encode("utf-8")
+        with self._lock:
+            if self.stopped is None and self._write(line):
+                return
+        if self._hold_back:
+            self._released.wait()
+
+    def release(self) -> None:
+        """Let the callbacks held back return (once the client is closed)."""
+        self._released.set()
+
+    def check_reader(self) -> Optional[str]:
+        """Notice a reader that went away (``| head``) before the next line fails;
+        returns :attr:`stopped`."""
+        # A pipe whose reading end is closed polls as an error; a file or terminal does not.
+        if self._poll.poll(0) and self.stopped is None:
+            with self._lock:
+                if self.stopped is None:
+                    self.stopped = "broken-pipe"
+        return self.stopped
+
+    def _write(self, line: bytes) -> bool:
+        try:
+            rest = memoryview(line)
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        except BrokenPipeError:
+            self.stopped = "broken-pipe"
+            return False
+        except OSError as exc:
+            self.stopped, self.error = "write-failed", exc
+            return False
+        self.written += 1
+        if self.written == self._max_events:
+            self.stopped = "max-events"
+        return True
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """``flash-wal listen``: print the changes of tables as JSON lines."""
+    tables: Dict[TableName, str] = {}  # the text given for each table; a table named twice once
+    for text in args.table:
+        tables.setdefault(parse_table_name(text), text)
+    conditions = _listen_conditions(args, list(tables))
+    output = JsonLines(sys.stdout.fileno(), args.max_events, hold_back=args.durable)
+    client = Client(ClientConfig(
+        database_cnx=args.dsn or _FROM_ENVIRONMENT,
+        driver=Driver(DriverConfig(
+            publication_slot_prefix=args.prefix, replication_slot=args.slot, durable=args.durable,
+        )),
+        shutdown_timeout=LISTEN_SHUTDOWN_TIMEOUT,
+    ))
+    for table, text in tables.items():
+        listener = Listener(ListenerConfig(table=text, fields=args.fields, conditions=conditions[table]))
+        listener.on(args.ops, output)
+        client.attach(listener)
+    try:
+        stopped = run_until_stopped(
+            client, stop_when=output.check_reader, check_every=_POLL_SECONDS,
+            note=f"{PROG}: stopping, please wait while the client closes\n",
+        )
+    finally:
+        output.release()  # after close: what was held back is then not acknowledged
+    if stopped is None:
+        raise FlashError("the replication stream ended unexpectedly")
+    if stopped == signal.SIGINT:
+        return EXIT_INTERRUPTED
+    if output.stopped == "broken-pipe":
+        return EXIT_BROKEN_PIPE
+    if output.error is not None:
+        raise FlashError(f"cannot write to standard output: {output.error}")
+    return EXIT_OK  # SIGTERM or --max-events
+
+
+def _listen_conditions(args: argparse.Namespace, tables: Sequence[TableName]) -> Dict[TableName, List[Condition]]:
+    """The Conditions of --where and --where-null, for each table.
+
+    A --where value is read as a value of its column's type by the server, so that
+    ``published=true`` means True for a boolean and ``'true'`` for a text column.
+    """
+    nulls = [Condition(column, None) for column in args.where_null]
+    texts = dict(args.where)
+    if len(texts) != len(args.where):
+        raise ConfigurationError("--where names a column twice; a row cannot equal two values")
+    if not texts:
+        return {table: nulls for table in tables}
+    with server_cursor(args.dsn) as cursor:
+        infos = catalog.describe_tables(cursor, tables)
+        return {
+            table: [Condition(column, value)
+                    for column, value in catalog.column_values(cursor, infos[table], texts).items()] + nulls
+            for table in tables
+        }
+
+
+def _table_argument(text: str) -> str:
+    try:
+        parse_table_name(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _operations_argument(text: str) -> Operation:
+    try:
+        return Operation.parse(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _columns_argument(text: str) -> List[str]:
+    columns = [column.strip() for column in text.split(",")]
+    if not all(columns):
+        raise argparse.ArgumentTypeError(f"expected column names separated by commas, got {text!r}")
+    return columns
+
+
+def _where_argument(text: str) -> Tuple[str, str]:
+    column, equals, value = text.partition("=")
+    if not equals or not column.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected COLUMN=VALUE, got {text!r} (for IS NULL, use --where-null COLUMN)"
+        )
+    return column.strip(), value
+
+
+def _count_argument(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
+    parser = commands.add_parser(
+        "listen",
+        help="print the changes of tables as JSON lines",
+        description=(
+            "Print every committed change of the tables as one JSON object per line on "
+            "standard output (table, op, lsn, commit_lsn, xid, commit_time, and new/old "
+            "rows or the TRUNCATE flags), until Ctrl-C or SIGTERM, or --max-events. "
+            "--fields, --where and --where-null apply to every --table. Lines of one "
+            "table come in commit order; lines of different tables have no order "
+            "between them. A temporary replication slot sees what is committed while "
+            "it runs; --durable keeps a slot between runs and resumes where the last "
+            "run stopped."
+        ),
+        epilog=(
+            "exit status: 0 after SIGTERM or --max-events, 1 on a failure (one line on "
+            "stderr), 2 on a usage error, 130 after Ctrl-C (SIGINT), 141 when the reader "
+            "of the output went away. Example: "
+            f"{PROG} listen --table posts --ops insert,update --where status=published | jq .new"
+        ),
+    )
+    parser.add_argument(
+        "-t", "--table", action="append", required=True, type=_table_argument, metavar="TABLE",
+        help="a table to listen to: posts, stats.visits, '\"My Schema\".\"My Table\"'; repeat for several",
+    )
+    parser.add_argument(
+        "--ops", type=_operations_argument, default=Operation.ALL, metavar="OPS",
+        help="the operations to print, separated by commas: insert, update, delete, truncate (default: all)",
+    )
+    parser.add_argument(
+        "--fields", action="extend", type=_columns_argument, default=[], metavar="COLUMNS",
+        help=("print only these columns, separated by commas (default: all); an update that "
+              "changes none of them prints nothing"),
+    )
+    parser.add_argument(
+        "--where", action="append", type=_where_argument, default=[], metavar="COLUMN=VALUE",
+        help=("print only rows whose COLUMN equals VALUE, read as the column's type: "
+              "published=true, id=42, day=2025-01-31, meta={\"a\":1} for json; repeat for "
+              "several, all must hold; an update that makes a row match prints as an "
+              "INSERT, one that makes it stop matching as a DELETE"),
+    )
+    parser.add_argument(
+        "--where-null", action="append", default=[], metavar="COLUMN",
+        help="print only rows whose COLUMN IS NULL; repeatable",
+    )
+    parser.add_argument(
+        "-n", "--max-events", type=_count_argument, default=None, metavar="N",
+        help="exit, with status 0, after printing N events",
+    )
+    add_server_options(parser, slot=LISTEN_SLOT)
+    parser.add_argument(
+        "--durable", action="store_true",
+        help=("keep the replication slot and publication when stopping, and resume after "
+              "the last event printed by the previous run with the same --prefix and --slot "
+              "(at least once: events of a transaction not wholly printed come again); "
+              "'flash-wal cleanup' drops them"),
+    )
+    add_verbose_option(parser, top_level=False)
+    parser.set_defaults(command=cmd_listen)
