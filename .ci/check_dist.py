@@ -116,20 +116,24 @@ def minimum_python() -> str:
 def interpreter(version: str) -> str:
     """DIST_PYTHON, else a Python ``version`` found here, else the one running this."""
     chosen = os.environ.get("DIST_PYTHON")
-    candidates = [chosen] if chosen else []
+    candidates: List[Optional[str]] = [chosen] if chosen else []
     if not chosen:
         # A pyenv shim on PATH may name a version that pyenv does not select: try each.
         candidates.append(shutil.which(f"python{version}"))
         pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
         candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*", "bin", "python")))
     for candidate in filter(None, candidates):
-        found = subprocess.run([candidate, "-c", "import platform; print(platform.python_version())"],
-                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if found.returncode == 0:
+        try:
+            found = subprocess.run([candidate, "-c", "import platform; print(platform.python_version())"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            problem = found.stderr.strip() if found.returncode else ""
+        except OSError as exc:
+            problem = str(exc)
+        if not problem:
             print(f"dist-check: a new venv with Python {found.stdout.strip()} ({candidate})")
             return candidate
         if chosen:
-            fail(f"DIST_PYTHON={chosen} does not run: {found.stderr.strip()}")
+            fail(f"DIST_PYTHON={chosen} does not run: {problem}")
     print(f"dist-check: no Python {version} (setup.cfg's minimum) here; a new venv with {sys.executable}")
     return sys.executable
 
@@ -143,9 +147,10 @@ def check_installed(wheel: Path, python: str, scratch: Path) -> None:
     # Run from the scratch folder: the tree's flash_wal/ must not be what gets imported.
     print(run([str(bin_dir / "python"), "-c", IMPORT_ALL], cwd=scratch, capture=True).strip())
     output = demo(bin_dir / "flash-wal", scratch)
-    if not DEMO_SUMMARY.search(output) or "\nCleaned up:" not in output:
+    summary = DEMO_SUMMARY.search(output)
+    if summary is None or "\nCleaned up:" not in output:
         fail(f"the installed demo did not show every kind of change and clean up:\n{output}")
-    print("dist-check: " + DEMO_SUMMARY.search(output).group(0))
+    print("dist-check: " + summary.group(0))
 
 
 def demo(command: Path, cwd: Path) -> str:
