@@ -29,8 +29,8 @@ PACKAGE = "flash_wal"
 DEMO_SECONDS = "4"
 DEMO_TIMEOUT = 120.0
 #: Besides the package, what the sdist must hold to run the tests and build the docs.
-SDIST_EXTRAS = {"README.rst", "setup.cfg", "setup.py", "pyproject.toml", "MANIFEST.in", "Makefile",
-                "tests/conftest.py", "docs/conf.py", "docs/index.rst"}
+SDIST_EXTRAS = {"README.rst", "CONTRIBUTING.rst", "setup.cfg", "setup.py", "pyproject.toml",
+                "MANIFEST.in", "Makefile", "tests/conftest.py", "docs/conf.py", "docs/index.rst"}
 #: The demo's last lines (see flash_wal's demo): every kind of change came, and it cleaned up.
 DEMO_SUMMARY = re.compile(
     r"^Stopped after [\d.]+ s \(--duration \d+\)\. \d+ events? received "
