@@ -57,10 +57,11 @@ typecheck: $(STAMP)
 # The oldest Python that setup.cfg claims, from its 'python_requires = >=X.Y'.
 MIN_PYTHON = $(shell sed -n 's/^python_requires *= *>= *\([0-9][0-9.]*\) *$$/\1/p' setup.cfg)
 
-# vermin reads the code for what that Python lacks, with no such Python at hand.
+# vermin finds what that Python lacks by reading the code: it need not be installed.
 # --eval-annotations: with no `from __future__ import annotations` a def's annotations
-# are evaluated when it runs. (Its union-types feature stays off: it takes flag
-# expressions such as `re.I | re.S` for `X | Y` types.)
+# are evaluated when it runs. Its union-types feature stays off, as it takes flags such
+# as `re.I | re.S` for `X | Y` types; dist-check, importing every module on that Python
+# where the machine has it, catches an `X | Y` annotation.
 check-python-version: $(STAMP)
 	@test -n "$(MIN_PYTHON)" || { echo "setup.cfg has no 'python_requires = >=X.Y'" >&2; exit 1; }
 	$(VENV)/bin/vermin --target=$(MIN_PYTHON)- --violations --no-tips --eval-annotations $(PACKAGE)
