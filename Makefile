@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PACKAGE := flash_wal
 
-.PHONY: demo test test-faults soak kill-backlog test-matrix docs bench clean
+.PHONY: demo test test-faults soak kill-backlog test-matrix docs bench clean \
+	typecheck check-python-version dist-check
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[embedded,test,docs]'
+	$(PY) -m pip install --quiet -e '.[embedded,test,docs,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -48,5 +50,30 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+# Not in CI yet: the package is being made strict-clean.
+typecheck: $(STAMP)
+	$(PY) -m mypy --strict $(PACKAGE)
+
+# The oldest Python that setup.cfg claims, from its 'python_requires = >=X.Y'.
+MIN_PYTHON = $(shell sed -n 's/^python_requires *= *>= *\([0-9][0-9.]*\) *$$/\1/p' setup.cfg)
+
+# vermin finds what that Python lacks by reading the code: it need not be installed.
+# --eval-annotations: with no `from __future__ import annotations` a def's annotations
+# are evaluated when it runs. Its union-types feature stays off, as it takes flags such
+# as `re.I | re.S` for `X | Y` types; dist-check, importing every module on that Python
+# where the machine has it, catches an `X | Y` annotation.
+check-python-version: $(STAMP)
+	@test -n "$(MIN_PYTHON)" || { echo "setup.cfg has no 'python_requires = >=X.Y'" >&2; exit 1; }
+	$(VENV)/bin/vermin --target=$(MIN_PYTHON)- --violations --no-tips --eval-annotations $(PACKAGE)
+
+# The sdist and wheel a release would upload, checked by twine, then the wheel installed
+# with its [embedded] extra into a new venv (on that oldest Python, when this machine
+# has one) where the demo runs for a few seconds: see .ci/check_dist.py.
+dist-check: $(STAMP)
+	rm -rf build dist
+	$(PY) -m build --quiet --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*.whl dist/*.tar.gz
+	$(PY) .ci/check_dist.py dist
+
 clean:
-	rm -rf $(VENV) docs/_build build *.egg-info .pytest_cache
+	rm -rf $(VENV) docs/_build build dist *.egg-info .pytest_cache
