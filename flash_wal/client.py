@@ -63,7 +63,7 @@ class ClientState(enum.Enum):
             return ClientState.STARTING.value
         if self is ClientState.CLOSING:
             return ClientState.CLOSED.value
-        return self.value
+        return str(self.value)
 
 
 @attr.s(frozen=True, slots=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 import re
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import psycopg2
 import psycopg2.extensions
@@ -71,7 +71,7 @@ def mask_dsn(dsn: str) -> str:
 
 def _secrets(dsn: str) -> List[str]:
     """The password of ``dsn`` in every form a message may quote it, longest first."""
-    found = set()
+    found: Set[str] = set()
     for start, end in _password_spans(dsn):
         written = dsn[start:end]
         found.update((written, re.sub(r"\\(.)", r"\1", written.strip("'")), urllib.parse.unquote(written)))

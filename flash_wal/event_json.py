@@ -107,7 +107,7 @@ def _iso_duration(delta: datetime.timedelta) -> str:
     return ("-" if delta < datetime.timedelta(0) else "") + text
 
 
-def _range_text(value: Range) -> str:
+def _range_text(value: "Range[Any]") -> str:
     """A range as PostgreSQL writes it: ``[1,10)``, ``(,2025-01-01)``, ``empty``."""
     if value.isempty:
         return "empty"

@@ -39,7 +39,7 @@ class Condition:
         return actual is not None and actual == self.value
 
 
-def _to_tuple(items: Optional[Iterable[Any]]) -> tuple:
+def _to_tuple(items: Optional[Iterable[Any]]) -> Tuple[Any, ...]:
     if items is None:
         return ()
     if isinstance(items, (str, bytes)):

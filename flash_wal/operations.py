@@ -21,7 +21,7 @@ class Operation(enum.IntFlag):
         try:
             return cls[name.strip().upper()]
         except (KeyError, AttributeError):
-            choices = ", ".join(op.name.lower() for op in _ATOMS)
+            choices = ", ".join(str(op).lower() for op in _ATOMS)
             raise ConfigurationError(
                 f"unknown operation {name!r}: use one of {choices} or all"
             ) from None
@@ -39,7 +39,7 @@ class Operation(enum.IntFlag):
         return tuple(op for op in _ATOMS if op & self)
 
     def __str__(self) -> str:
-        return " | ".join(op.name for op in self.atoms()) or "0"
+        return " | ".join(op.name or "" for op in self.atoms()) or "0"  # atoms always have one
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)

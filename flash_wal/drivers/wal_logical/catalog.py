@@ -33,9 +33,10 @@ class TableInfo:
     replica_identity: str = attr.ib()
 
 
-def server_version(cursor) -> int:
+def server_version(cursor: Any) -> int:
     cursor.execute("SELECT current_setting('server_version_num')::int")
-    return cursor.fetchone()[0]
+    version: int = cursor.fetchone()[0]
+    return version
 
 
 def protocol_version_for(version_num: int) -> int:
@@ -49,12 +50,13 @@ def protocol_version_for(version_num: int) -> int:
     return 1
 
 
-def current_wal_lsn(cursor) -> int:
+def current_wal_lsn(cursor: Any) -> int:
     cursor.execute("SELECT (pg_catalog.pg_current_wal_lsn() - '0/0'::pg_lsn)::int8")
-    return cursor.fetchone()[0]
+    lsn: int = cursor.fetchone()[0]
+    return lsn
 
 
-def check_server(cursor, slot: str) -> None:
+def check_server(cursor: Any, slot: str) -> None:
     """Raise ConfigurationError, saying what to change, when the server cannot serve us."""
     cursor.execute(
         "SELECT current_setting('wal_level'),"
@@ -94,7 +96,7 @@ def check_server(cursor, slot: str) -> None:
         )
 
 
-def describe_tables(cursor, tables: Iterable[TableName]) -> Dict[TableName, TableInfo]:
+def describe_tables(cursor: Any, tables: Iterable[TableName]) -> Dict[TableName, TableInfo]:
     """Look the tables up; raise ConfigurationError naming any that does not exist."""
     wanted = sorted(set(tables), key=str)
     if not wanted:
@@ -140,7 +142,7 @@ def _no_such_column(info: TableInfo, unknown: Sequence[str], fix: str) -> Config
     )
 
 
-def column_values(cursor, info: TableInfo, texts: Mapping[str, str]) -> Dict[str, Any]:
+def column_values(cursor: Any, info: TableInfo, texts: Mapping[str, str]) -> Dict[str, Any]:
     """Each text read as a value of its column, the way events would carry it.
 
     The server reads the text with the column's type (and typmod: ``char(5)`` pads,
@@ -193,7 +195,7 @@ def table_identifier(table: TableName) -> sql.Composable:
     return sql.SQL(".").join([sql.Identifier(table.schema), sql.Identifier(table.name)])
 
 
-def create_publication(cursor, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner) -> None:
+def create_publication(cursor: Any, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner) -> None:
     """Create the publication afresh, replacing a leftover of the same name, and mark
     it as ``owner``'s (the caller has checked that a leftover is that owner's).
 
@@ -223,7 +225,7 @@ def create_publication(cursor, name: str, tables: Iterable[TableName], server_ve
         raise
 
 
-def ensure_publication_options(cursor, name: str, server_version: int) -> None:
+def ensure_publication_options(cursor: Any, name: str, server_version: int) -> None:
     """Give a publication made by an earlier version the options create_publication sets."""
     if server_version < 180000:
         return
@@ -235,7 +237,7 @@ def ensure_publication_options(cursor, name: str, server_version: int) -> None:
         )
 
 
-def alter_publication(cursor, name: str, add: Iterable[TableName], drop: Iterable[TableName]) -> None:
+def alter_publication(cursor: Any, name: str, add: Iterable[TableName], drop: Iterable[TableName]) -> None:
     add, drop = sorted(set(add), key=str), sorted(set(drop), key=str)
     publication = sql.Identifier(name)
     if add:
@@ -252,7 +254,7 @@ def alter_publication(cursor, name: str, add: Iterable[TableName], drop: Iterabl
         )
 
 
-def publication_tables(cursor, name: str) -> "Optional[Set[TableName]]":
+def publication_tables(cursor: Any, name: str) -> "Optional[Set[TableName]]":
     """The tables in the publication, or None if there is no such publication."""
     cursor.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,))
     if cursor.fetchone() is None:
@@ -264,7 +266,7 @@ def publication_tables(cursor, name: str) -> "Optional[Set[TableName]]":
     return {TableName(schema, table) for schema, table in cursor.fetchall()}
 
 
-def drop_publication(cursor, name: str) -> None:
+def drop_publication(cursor: Any, name: str) -> None:
     cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
 
 
@@ -284,7 +286,7 @@ class SlotState:
         return self.wal_status == "lost"
 
 
-def slot_state(cursor, slot: str) -> Optional[SlotState]:
+def slot_state(cursor: Any, slot: str) -> Optional[SlotState]:
     # to_jsonb reads wal_status where the server has the column, and NULL where not.
     cursor.execute(
         "SELECT slot_name::text, plugin::text, database::text, temporary, active_pid,"
@@ -301,7 +303,7 @@ def slot_state(cursor, slot: str) -> Optional[SlotState]:
 SLOT_LOCK = 0x666C7368
 
 
-def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
+def wait_for_slot_lock(cursor: Any, slot: str, timeout: float) -> bool:
     """Take the slot's advisory lock for this session; False if another session still
     held it after ``timeout`` seconds.
 
@@ -333,14 +335,14 @@ def wait_for_slot_lock(cursor, slot: str, timeout: float) -> bool:
     return True
 
 
-def session(cursor) -> Tuple[int, Any]:
+def session(cursor: Any) -> Tuple[int, Any]:
     """This session's backend pid and start time: a pid alone may come back later for
     another session."""
     cursor.execute("SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()")
     return tuple(cursor.fetchone())
 
 
-def slot_lock_holder(cursor, slot: str) -> Optional[Tuple[int, Any]]:
+def slot_lock_holder(cursor: Any, slot: str) -> Optional[Tuple[int, Any]]:
     """The session (as :func:`session` gives it) holding the slot's advisory lock, if one does."""
     cursor.execute(
         "SELECT l.pid, a.backend_start FROM pg_catalog.pg_locks l"
@@ -353,7 +355,7 @@ def slot_lock_holder(cursor, slot: str) -> Optional[Tuple[int, Any]]:
     return None if row is None else tuple(row)
 
 
-def wait_for_slot(cursor, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
+def wait_for_slot(cursor: Any, slot: str, timeout: float, *, gone: bool) -> Optional[SlotState]:
     """Wait until the slot is inactive (or, with ``gone``, no longer exists).
 
     A client killed without closing leaves its walsender running until the server
@@ -381,7 +383,7 @@ def invalidated_slot_error(slot: str, detail: str) -> SlotInvalidatedError:
     )
 
 
-def drop_slot(cursor, slot: str) -> None:
+def drop_slot(cursor: Any, slot: str) -> None:
     cursor.execute(
         "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots"
         " WHERE slot_name = %s AND active_pid IS NULL",
@@ -397,7 +399,7 @@ class PublicationState:
     relids: "frozenset[int]" = attr.ib()
 
 
-def publication_state(cursor, name: str) -> Optional[PublicationState]:
+def publication_state(cursor: Any, name: str) -> Optional[PublicationState]:
     """The publication's OID and tables, or None if there is no such publication.
 
     A publication dropped and made again gets a new OID, and a table removed and added
@@ -413,7 +415,7 @@ def publication_state(cursor, name: str) -> Optional[PublicationState]:
     return None if row is None else PublicationState(row[0], frozenset(row[1]))
 
 
-def table_names(cursor, oids: Iterable[int]) -> Dict[int, TableName]:
+def table_names(cursor: Any, oids: Iterable[int]) -> Dict[int, TableName]:
     """The current names of the tables with these OIDs; a dropped one is left out."""
     cursor.execute(
         "SELECT c.oid::int8, n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"

@@ -15,7 +15,7 @@ from . import catalog, ownership
 logger = logging.getLogger(__name__)
 
 
-def claim_slot(cursor, config: Any) -> bool:
+def claim_slot(cursor: Any, config: Any) -> bool:
     """Take the slot's lock and make the slot ours to use; True when an existing slot is
     resumed, False when it is to be created."""
     slot = config.replication_slot
@@ -55,7 +55,7 @@ def claim_slot(cursor, config: Any) -> bool:
     return True
 
 
-def _check_durable_leftover(cursor, config: Any, foreign: Optional[str]) -> None:
+def _check_durable_leftover(cursor: Any, config: Any, foreign: Optional[str]) -> None:
     """A client with durable=False replaces an inactive slot of its name only when
     flash_wal can tell it made it: a pgoutput slot of this database whose publication
     says this configuration made it durable."""
@@ -77,7 +77,7 @@ def _check_durable_leftover(cursor, config: Any, foreign: Optional[str]) -> None
     )
 
 
-def resumed_publication(cursor, config: Any) -> Tuple[str, Optional[Set[TableName]]]:
+def resumed_publication(cursor: Any, config: Any) -> Tuple[str, Optional[Set[TableName]]]:
     """The name and tables of a resumed durable slot's publication (tables None if it
     has none).
 

@@ -16,7 +16,7 @@ partition) back the way it was (:func:`restore_replica_identities`).
 """
 
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import attr
 from psycopg2 import sql
@@ -86,7 +86,7 @@ class _Relation:
         return str(self.name) if self.name == self.listened else f"partition {self.name} of {self.listened}"
 
 
-def _relations(cursor, oids: Sequence[int], server_version: int) -> List[_Relation]:
+def _relations(cursor: Any, oids: Sequence[int], server_version: int) -> List[_Relation]:
     """The listened tables and every partition of theirs (PostgreSQL 12 and later)."""
     # pg_partition_tree() gives nothing for a table that is not partitioned.
     tree = sql.SQL("(SELECT w.oid AS relid" + (
@@ -118,13 +118,13 @@ def _relations(cursor, oids: Sequence[int], server_version: int) -> List[_Relati
     return result
 
 
-def is_superuser(cursor) -> bool:
+def is_superuser(cursor: Any) -> bool:
     cursor.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
     row = cursor.fetchone()
     return bool(row and row[0])
 
 
-def partition_identity_trigger(cursor) -> Optional[str]:
+def partition_identity_trigger(cursor: Any) -> Optional[str]:
     """'enabled', 'disabled', or None when the event trigger is not installed."""
     cursor.execute("SELECT evtenabled FROM pg_catalog.pg_event_trigger WHERE evtname = %s",
                    (PARTITION_IDENTITY_TRIGGER,))
@@ -135,7 +135,7 @@ def partition_identity_trigger(cursor) -> Optional[str]:
 
 
 def check_replica_identities(
-    cursor, infos: Iterable[TableInfo], *, full: bool, server_version: int
+    cursor: Any, infos: Iterable[TableInfo], *, full: bool, server_version: int
 ) -> bool:
     """Raise ConfigurationError, naming each table and what to do, when publishing the
     tables (and, with ``full``, setting REPLICA IDENTITY FULL on them and all their
@@ -229,7 +229,7 @@ def _future_partition_problem(root: _Relation, trigger: Optional[str], covered: 
     )
 
 
-def install_partition_identity_trigger(cursor) -> None:
+def install_partition_identity_trigger(cursor: Any) -> None:
     """Install the event trigger unless another client just did (superusers only)."""
     cursor.execute("BEGIN")
     try:
@@ -245,7 +245,7 @@ def install_partition_identity_trigger(cursor) -> None:
         raise
 
 
-def set_replica_identity_full(cursor, infos: Iterable[TableInfo], server_version: int) -> List[TableName]:
+def set_replica_identity_full(cursor: Any, infos: Iterable[TableInfo], server_version: int) -> List[TableName]:
     """Set REPLICA IDENTITY FULL on the tables and on every partition of theirs, at every
     level; returns those that were not FULL before."""
     infos = list(infos)
@@ -271,7 +271,7 @@ class ReplicaIdentity:
     index: Optional[str] = attr.ib()
 
 
-def replica_identities(cursor, oids: Iterable[int]) -> List[ReplicaIdentity]:
+def replica_identities(cursor: Any, oids: Iterable[int]) -> List[ReplicaIdentity]:
     """The identity of each table and of each of its partitions (or inheritors)."""
     cursor.execute(
         "WITH RECURSIVE tree(oid) AS ("
@@ -289,13 +289,14 @@ def replica_identities(cursor, oids: Iterable[int]) -> List[ReplicaIdentity]:
             for oid, schema, name, kind, index in cursor.fetchall()]
 
 
-def restore_replica_identities(cursor, before: List[ReplicaIdentity]) -> None:
+def restore_replica_identities(cursor: Any, before: List[ReplicaIdentity]) -> None:
     """Set each table's identity back to ``before`` where it changed since."""
     now = {identity.oid: identity for identity in replica_identities(cursor, (i.oid for i in before))}
     for old in before:
         current = now.get(old.oid)
         if current is None or (current.kind, current.index) == (old.kind, old.index):
             continue  # dropped meanwhile, or unchanged
+        clause: sql.Composable
         if old.kind == "i" and old.index is not None:
             clause = sql.SQL("USING INDEX {}").format(sql.Identifier(old.index))
         else:

@@ -13,7 +13,7 @@ configuration's slot is durable.
 """
 
 import re
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence
 
 import attr
 from ...errors import ConfigurationError
@@ -67,7 +67,7 @@ class PublicationOwner:
         return (self.prefix, self.slot) == (prefix, slot)
 
 
-def check_publication(cursor, name: str, prefix: str, slot: str) -> Optional[PublicationOwner]:
+def check_publication(cursor: Any, name: str, prefix: str, slot: str) -> Optional[PublicationOwner]:
     """Who made publication ``name``: None when there is no such publication.
 
     Raises ConfigurationError when it exists and flash_wal did not make it for
@@ -111,7 +111,7 @@ class SlotReport:
     database: Optional[str] = attr.ib()
 
 
-def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
+def prefix_report(cursor: Any, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
     """The configurations of ``prefix``: each slot whose publication ``<prefix>-<slot>``
     exists, and each of the named ``slots``.
 
@@ -159,12 +159,12 @@ def prefix_report(cursor, prefix: str, slots: Iterable[str] = ()) -> List[SlotRe
     ]
 
 
-def slot_report(cursor, prefix: str, slot: str) -> SlotReport:
+def slot_report(cursor: Any, prefix: str, slot: str) -> SlotReport:
     """What the server holds for the configuration ``(prefix, slot)``."""
     return next(report for report in prefix_report(cursor, prefix, [slot]) if report.slot == slot)
 
 
-def foreign_slot(cursor, slot: str) -> Optional[str]:
+def foreign_slot(cursor: Any, slot: str) -> Optional[str]:
     """What the slot is, when it is not what flash_wal makes (a persistent pgoutput slot
     of this database); None when it is, or when there is no such slot."""
     cursor.execute(
@@ -189,7 +189,7 @@ def drop_slot_sql(slot: str) -> str:
     return f"SELECT pg_drop_replication_slot('{slot}')"
 
 
-def check_slot_is_droppable(cursor, slot: str) -> None:
+def check_slot_is_droppable(cursor: Any, slot: str) -> None:
     """Raise ConfigurationError when the slot exists and is not of a kind flash_wal makes."""
     foreign = foreign_slot(cursor, slot)
     if foreign is not None:
