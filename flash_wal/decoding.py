@@ -21,7 +21,7 @@ import psycopg2.extras
 
 from .errors import ProtocolError
 from .listener import TableName
-from .protocol import BinaryValue, Relation
+from .pgoutput import BinaryValue, Relation
 from .sentinels import UNCHANGED_TOAST
 
 __all__ = ["SESSION_SETTINGS", "TypeCasters", "RowDecoder", "RelationCache", "TypeInfo"]
