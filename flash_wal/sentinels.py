@@ -1,13 +1,17 @@
 """Sentinel values shared by the protocol and event layers."""
 
 
-class _UnchangedToast:
-    """A TOASTed column value the server did not send because it did not change."""
+class UnchangedToast:
+    """A TOASTed column value the server did not send because it did not change.
+
+    The class is public for type annotations only; its one instance is
+    :data:`UNCHANGED_TOAST`.
+    """
 
     __slots__ = ()
     _instance = None
 
-    def __new__(cls) -> "_UnchangedToast":
+    def __new__(cls) -> "UnchangedToast":
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -21,4 +25,4 @@ class _UnchangedToast:
 
 #: Stands for a TOASTed value that the server did not send and flash_wal could not
 #: fill from the old row. Compare with ``is``.
-UNCHANGED_TOAST = _UnchangedToast()
+UNCHANGED_TOAST = UnchangedToast()

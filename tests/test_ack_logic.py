@@ -11,8 +11,8 @@ from flash_wal import Listener, Operation
 from flash_wal.dispatcher import Dispatcher
 from flash_wal.drivers.wal_logical.feedback import StatusPolicy
 from flash_wal.drivers.wal_logical.translator import ChangeTranslator
+from flash_wal.pgoutput import Begin, Commit, Insert, PgOutputParser, StreamCommit, StreamStart, StreamStop
 from flash_wal.table_name import TableName
-from flash_wal.protocol import Begin, Commit, Insert, PgOutputParser, StreamCommit, StreamStart, StreamStop
 
 from .conftest import wait_for
 from .test_protocol import encode

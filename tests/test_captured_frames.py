@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from flash_wal.errors import ProtocolError
-from flash_wal.protocol import (
+from flash_wal.pgoutput import (
     Begin, Commit, Delete, Insert, Message, PgOutputParser, Relation, Truncate, Type, Update,
 )
 from flash_wal.sentinels import UNCHANGED_TOAST

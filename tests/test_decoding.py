@@ -173,7 +173,7 @@ def test_row_decoder_takes_unchanged_toast_and_binary_values_as_they_are(db):
 
     from flash_wal import UNCHANGED_TOAST
     from flash_wal.decoding import RowDecoder, TypeCasters
-    from flash_wal.protocol import BinaryValue, Column, Relation
+    from flash_wal.pgoutput import BinaryValue, Column, Relation
 
     conn = psycopg2.connect(db.dsn)
     try:

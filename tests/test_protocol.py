@@ -1,8 +1,10 @@
-"""Unit tests for flash_wal.protocol: synthetic pgoutput frames, no database.
+"""Unit tests for flash_wal.pgoutput: synthetic pgoutput frames, no database.
 
 Frames are built by a small encoder below that mirrors the server's writers
-(``logicalrep_write_*`` in PostgreSQL's proto.c); a few literal byte strings check the
-encoder itself so that parser and encoder cannot share a mistake unnoticed.
+(``logicalrep_write_*`` in PostgreSQL's proto.c). It takes each message's type byte from
+the parser's own table, ``MESSAGE_TYPES``; a few literal byte strings, and the table
+checked against the documented type bytes, check the encoder itself so that parser and
+encoder cannot share a mistake unnoticed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import attr
 import pytest
 
 from flash_wal.errors import ConfigurationError, ProtocolError
-from flash_wal.protocol import (
+from flash_wal.pgoutput import (
+    MESSAGE_TYPES,
     Begin,
     BeginPrepare,
     BinaryValue,
@@ -99,6 +102,7 @@ def tuple_data(values: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+#: Message class -> what follows its type byte.
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {}
 
 
@@ -110,28 +114,32 @@ def encoder(cls: type) -> Callable[[Callable[[Any], bytes]], Callable[[Any], byt
     return register
 
 
+#: Message class -> its type byte, from the table the parser reads by.
+TYPE_BYTE: dict[type, bytes] = {kind.message: kind.code for kind in MESSAGE_TYPES}
+
+
 def encode(msg: Any) -> bytes:
-    return _ENCODERS[type(msg)](msg)
+    return TYPE_BYTE[type(msg)] + _ENCODERS[type(msg)](msg)
 
 
 @encoder(Begin)
 def _(m: Begin) -> bytes:
-    return b"B" + u64(m.final_lsn) + i64(ts(m.commit_time)) + u32(m.xid)
+    return u64(m.final_lsn) + i64(ts(m.commit_time)) + u32(m.xid)
 
 
 @encoder(Commit)
 def _(m: Commit) -> bytes:
-    return b"C" + u8(m.flags) + u64(m.commit_lsn) + u64(m.end_lsn) + i64(ts(m.commit_time))
+    return u8(m.flags) + u64(m.commit_lsn) + u64(m.end_lsn) + i64(ts(m.commit_time))
 
 
 @encoder(Origin)
 def _(m: Origin) -> bytes:
-    return b"O" + u64(m.origin_lsn) + cstr(m.name)
+    return u64(m.origin_lsn) + cstr(m.name)
 
 
 @encoder(Relation)
 def _(m: Relation) -> bytes:
-    out = [b"R", opt_xid(m.xid), u32(m.relid), cstr(m.namespace), cstr(m.name)]
+    out = [opt_xid(m.xid), u32(m.relid), cstr(m.namespace), cstr(m.name)]
     out.append(m.replica_identity.encode("ascii") + u16(len(m.columns)))
     for col in m.columns:
         out.append(
@@ -142,12 +150,12 @@ def _(m: Relation) -> bytes:
 
 @encoder(Type)
 def _(m: Type) -> bytes:
-    return b"Y" + opt_xid(m.xid) + u32(m.type_oid) + cstr(m.namespace) + cstr(m.name)
+    return opt_xid(m.xid) + u32(m.type_oid) + cstr(m.namespace) + cstr(m.name)
 
 
 @encoder(Insert)
 def _(m: Insert) -> bytes:
-    return b"I" + opt_xid(m.xid) + u32(m.relid) + b"N" + tuple_data(m.new)
+    return opt_xid(m.xid) + u32(m.relid) + b"N" + tuple_data(m.new)
 
 
 @encoder(Update)
@@ -155,27 +163,26 @@ def _(m: Update) -> bytes:
     old = b""
     if m.old is not None:
         old = (b"K" if m.old_is_key else b"O") + tuple_data(m.old)
-    return b"U" + opt_xid(m.xid) + u32(m.relid) + old + b"N" + tuple_data(m.new)
+    return opt_xid(m.xid) + u32(m.relid) + old + b"N" + tuple_data(m.new)
 
 
 @encoder(Delete)
 def _(m: Delete) -> bytes:
     kind = b"K" if m.old_is_key else b"O"
-    return b"D" + opt_xid(m.xid) + u32(m.relid) + kind + tuple_data(m.old)
+    return opt_xid(m.xid) + u32(m.relid) + kind + tuple_data(m.old)
 
 
 @encoder(Truncate)
 def _(m: Truncate) -> bytes:
     flags = (1 if m.cascade else 0) | (2 if m.restart_identity else 0)
     relids = b"".join(u32(r) for r in m.relids)
-    return b"T" + opt_xid(m.xid) + u32(len(m.relids)) + u8(flags) + relids
+    return opt_xid(m.xid) + u32(len(m.relids)) + u8(flags) + relids
 
 
 @encoder(Message)
 def _(m: Message) -> bytes:
     return (
-        b"M"
-        + opt_xid(m.xid)
+        opt_xid(m.xid)
         + u8(1 if m.transactional else 0)
         + u64(m.lsn)
         + cstr(m.prefix)
@@ -186,19 +193,18 @@ def _(m: Message) -> bytes:
 
 @encoder(StreamStart)
 def _(m: StreamStart) -> bytes:
-    return b"S" + u32(m.xid) + u8(1 if m.first_segment else 0)
+    return u32(m.xid) + u8(1 if m.first_segment else 0)
 
 
 @encoder(StreamStop)
 def _(m: StreamStop) -> bytes:
-    return b"E"
+    return b""
 
 
 @encoder(StreamCommit)
 def _(m: StreamCommit) -> bytes:
     return (
-        b"c"
-        + u32(m.xid)
+        u32(m.xid)
         + u8(m.flags)
         + u64(m.commit_lsn)
         + u64(m.end_lsn)
@@ -208,7 +214,7 @@ def _(m: StreamCommit) -> bytes:
 
 @encoder(StreamAbort)
 def _(m: StreamAbort) -> bytes:
-    out = b"A" + u32(m.xid) + u32(m.subxid)
+    out = u32(m.xid) + u32(m.subxid)
     if m.abort_lsn is not None:
         out += u64(m.abort_lsn) + i64(ts(m.abort_time))
     return out
@@ -217,8 +223,7 @@ def _(m: StreamAbort) -> bytes:
 @encoder(BeginPrepare)
 def _(m: BeginPrepare) -> bytes:
     return (
-        b"b"
-        + u64(m.prepare_lsn)
+        u64(m.prepare_lsn)
         + u64(m.end_lsn)
         + i64(ts(m.prepare_time))
         + u32(m.xid)
@@ -226,10 +231,9 @@ def _(m: BeginPrepare) -> bytes:
     )
 
 
-def _prepare_like(code: bytes, m: Any) -> bytes:
+def _prepare_like(m: Any) -> bytes:
     return (
-        code
-        + u8(m.flags)
+        u8(m.flags)
         + u64(m.prepare_lsn)
         + u64(m.end_lsn)
         + i64(ts(m.prepare_time))
@@ -240,19 +244,18 @@ def _prepare_like(code: bytes, m: Any) -> bytes:
 
 @encoder(Prepare)
 def _(m: Prepare) -> bytes:
-    return _prepare_like(b"P", m)
+    return _prepare_like(m)
 
 
 @encoder(StreamPrepare)
 def _(m: StreamPrepare) -> bytes:
-    return _prepare_like(b"p", m)
+    return _prepare_like(m)
 
 
 @encoder(CommitPrepared)
 def _(m: CommitPrepared) -> bytes:
     return (
-        b"K"
-        + u8(m.flags)
+        u8(m.flags)
         + u64(m.commit_lsn)
         + u64(m.end_lsn)
         + i64(ts(m.commit_time))
@@ -264,8 +267,7 @@ def _(m: CommitPrepared) -> bytes:
 @encoder(RollbackPrepared)
 def _(m: RollbackPrepared) -> bytes:
     return (
-        b"r"
-        + u8(m.flags)
+        u8(m.flags)
         + u64(m.prepare_end_lsn)
         + u64(m.rollback_end_lsn)
         + i64(ts(m.prepare_time))
@@ -370,6 +372,23 @@ def test_encoder_matches_literal_frames() -> None:
         b"I\x00\x00\x40\x00N\x00\x02t\x00\x00\x00\x02abn"
     )
     assert encode(Insert(7, 1, ())) == b"I\0\0\0\x07\0\0\0\x01N\0\0"
+
+
+#: The type bytes as PostgreSQL's "Logical Replication Message Formats" lists them,
+#: written out by hand: the encoder takes its bytes from the parser's table, so this is
+#: what checks the table itself.
+DOCUMENTED_TYPE_BYTES = {
+    b"B": "Begin", b"M": "Message", b"C": "Commit", b"O": "Origin", b"R": "Relation",
+    b"Y": "Type", b"I": "Insert", b"U": "Update", b"D": "Delete", b"T": "Truncate",
+    b"S": "StreamStart", b"E": "StreamStop", b"c": "StreamCommit", b"A": "StreamAbort",
+    b"b": "BeginPrepare", b"P": "Prepare", b"K": "CommitPrepared", b"r": "RollbackPrepared",
+    b"p": "StreamPrepare",
+}  # fmt: skip
+
+
+def test_type_bytes_are_the_documented_ones() -> None:
+    assert {kind.code: kind.message.__name__ for kind in MESSAGE_TYPES} == DOCUMENTED_TYPE_BYTES
+    assert len(MESSAGE_TYPES) == len(DOCUMENTED_TYPE_BYTES)  # no type byte twice
 
 
 def test_literal_insert_frame() -> None:

@@ -1,4 +1,4 @@
-"""Property-based tests for flash_wal.protocol (hypothesis).
+"""Property-based tests for flash_wal.pgoutput (hypothesis).
 
 * Round trip: arbitrary valid messages of every type, at every protocol version that
   allows them, go through the encoder of tests/test_protocol.py (which mirrors the
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flash_wal.errors import ProtocolError
-from flash_wal.protocol import (
+from flash_wal.pgoutput import (
     Begin,
     BeginPrepare,
     BinaryValue,

@@ -25,7 +25,7 @@ from psycopg2 import sql
 from ...decoding import RelationCache, TypeCasters, lookup_types_with
 from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError, one_line
 from ...events import format_lsn
-from ...protocol import PgOutputParser
+from ...pgoutput import PgOutputParser
 from ...waker import Waker
 from ..base import Sink
 from .failures import (

@@ -21,7 +21,7 @@ from ...decoding import RelationCache, fill_unchanged_toast
 from ...events import MessageEvent
 from ...errors import ReplicationError
 from ...operations import Operation
-from ...protocol import (
+from ...pgoutput import (
     Begin,
     Commit,
     Delete,
