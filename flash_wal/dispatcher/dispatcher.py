@@ -18,7 +18,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..drivers.base import Sink
-from ..events import MessageEvent, TruncateEvent
+from ..events import Event, MessageEvent, TruncateEvent
 from ..listener import Listener
 from ..operations import Operation
 from ..table_name import TableName
@@ -123,7 +123,7 @@ class Dispatcher(Sink):
         return self._tracker.events_delivered
 
     @property
-    def on_acknowledged(self) -> Optional[Callable[[], None]]:  # type: ignore[override]
+    def on_acknowledged(self) -> Optional[Callable[[], None]]:
         return self._tracker.on_advance
 
     @on_acknowledged.setter
@@ -149,7 +149,8 @@ class Dispatcher(Sink):
         if routes is None:
             return
         text = routes[0].table_text
-        unshaped = None
+        unshaped: Optional[Event] = None
+        event: Optional[Event]
         commit_lsn = txn.commit_lsn
         for route in routes:
             if commit_lsn <= route.since_lsn or not route.active:

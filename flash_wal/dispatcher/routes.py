@@ -48,11 +48,10 @@ class Route:
         return {field: row[field] for field in self.fields if field in row}
 
     def event_for(
-        self, operation: Operation, table: str, lsn: int, txn: Transaction,
-        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+        self, operation: Operation, table: str, lsn: int, txn: Transaction, old: Any, new: Any,
     ) -> Optional[Event]:
         """The event this listener gets for a row change, shaped by its fields and
-        conditions, or None."""
+        conditions, or None. The rows are as for :func:`unshaped_event`."""
         meta = (table, lsn, txn.commit_lsn, txn.xid, txn.commit_time)
         if operation is INSERT:
             if self.conditions and not self.matches(new):
@@ -88,11 +87,12 @@ def describe_event(event: Any) -> str:
     return text if key is None else f"{text}, key {key!r}"
 
 
-def unshaped_event(
-    operation: Operation, table: str, lsn: int, txn: Transaction,
-    old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
-) -> Event:
-    """The event every listener without fields or conditions gets: built once per change."""
+def unshaped_event(operation: Operation, table: str, lsn: int, txn: Transaction, old: Any, new: Any) -> Event:
+    """The event every listener without fields or conditions gets: built once per change.
+
+    ``new`` is a row for an INSERT or UPDATE, ``old`` one for a DELETE (and None or a
+    row for an UPDATE): the operation says which, so their type is left open here.
+    """
     if operation is INSERT:
         return build_insert(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, new)
     if operation is UPDATE:

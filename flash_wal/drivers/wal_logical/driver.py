@@ -270,7 +270,7 @@ class Driver(base.Driver):
             if self._thread is not threading.current_thread() and self._on_fatal is not None:
                 self._on_fatal(error)  # the replication thread reports what it raises itself
 
-    def _set_identities(self, cursor: Any, infos: Sequence[catalog.TableInfo], install_trigger: bool) -> None:
+    def _set_identities(self, cursor: Any, infos: Iterable[catalog.TableInfo], install_trigger: bool) -> None:
         """What check_replica_identities found writes need: the event trigger for future
         partitions first (so none is created unseen meanwhile), then FULL on every table
         and partition if configured."""

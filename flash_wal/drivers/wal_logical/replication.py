@@ -16,7 +16,7 @@ import logging
 import select
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import psycopg2
 import psycopg2.errors
@@ -143,9 +143,16 @@ class ReplicationThread(threading.Thread):
             self._publication_gap = message
             self._policy.next_at = float("-inf")  # stop at the next frame, before any update
 
+    @property
+    def _translation(self) -> ChangeTranslator:
+        translator = self._translator
+        assert translator is not None, "the first session makes it"
+        return translator
+
     # --- the thread -------------------------------------------------------------------
 
     def run(self) -> None:
+        wire: Optional[ReplicationWire]
         try:
             try:
                 wire = self._open_session(self._create_slot)
@@ -174,7 +181,7 @@ class ReplicationThread(threading.Thread):
                     logger.warning("replication connection lost (%s); reconnecting", one_line(exc))
                 if not self._finish_replay_offline():
                     return
-                self._translator.interrupted()
+                self._translation.interrupted()
                 self._close_session()
                 wire = self._reconnect()
         finally:
@@ -218,7 +225,7 @@ class ReplicationThread(threading.Thread):
                 self._sink, RelationCache(casters), PgOutputParser(self._protocol_version),
                 self._stream_buffer_bytes,
             )
-        start_lsn = max(self._translator.received_lsn, self._sink.acked_lsn)
+        start_lsn = max(self._translation.received_lsn, self._sink.acked_lsn)
         try:
             cursor.start_replication(
                 slot_name=self._slot, decode=False, start_lsn=start_lsn, options=self._plugin_options,
@@ -251,7 +258,7 @@ class ReplicationThread(threading.Thread):
                 else:
                     self.reconnects += 1
                     if self._temporary:
-                        self._translator.new_slot()
+                        self._translation.new_slot()
                     logger.info("reconnected (slot %s) after %.1f s", self._slot, time.monotonic() - lost_at)
                     return wire
                 readable, _, _ = select.select([self._waker], [], [], delay)
@@ -285,11 +292,12 @@ class ReplicationThread(threading.Thread):
             _close_quietly(conn)
 
     def _read_session(self, wire: ReplicationWire) -> None:
-        parse, handle = self._translator.parser.parse, self._translator.handle
+        translator = self._translation
+        parse, handle = translator.parser.parse, translator.handle
         read = wire.read
         sink, clock, policy = self._sink, time.monotonic, self._policy  # the session's policy
         waker = self._waker
-        waitables = [wire.fileno(), waker]
+        waitables: List[Any] = [wire.fileno(), waker]
         sink.on_acknowledged = self._wake_if_idle
         while not self._stopping:
             if not sink.has_room():
@@ -323,7 +331,7 @@ class ReplicationThread(threading.Thread):
         """Stopped while a transaction was being received: read the rest of it (its
         Commit is on its way already, pgoutput sends a transaction once it committed)
         so that what was delivered of it can be acknowledged; shutdown_timeout at most."""
-        translator, sink = self._translator, self._sink
+        translator, sink = self._translation, self._sink
         deadline = time.monotonic() + self._shutdown_timeout
         while translator.txn is not None and self._replay is None:
             remaining = deadline - time.monotonic()
@@ -349,7 +357,7 @@ class ReplicationThread(threading.Thread):
                 "slot (Driver.drop or 'flash-wal cleanup') and start again; the skipped changes are lost"
             )
         policy, now = self._policy, time.monotonic()
-        settled = self._sink.settled and self._translator.settled
+        settled = self._sink.settled and self._translation.settled
         position = policy.position(self._sink.acked_lsn, settled, wire.server_wal_end)
         if not (force or policy.due(now, position, wire.reply_requested)):
             return
@@ -371,7 +379,7 @@ class ReplicationThread(threading.Thread):
         its unprompted updates must come often enough on their own.
         """
         cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'")
-        timeout_ms = cursor.fetchone()[0]
+        timeout_ms: int = cursor.fetchone()[0]
         if timeout_ms <= 0:
             return self._status_interval
         return min(self._status_interval, timeout_ms / 1000 / 3)
@@ -437,8 +445,8 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _lazy_lookup(catalog_cursor: Callable[[], Any]):
-    def lookup(oids):
+def _lazy_lookup(catalog_cursor: Callable[[], Any]) -> Callable[[Any], Any]:
+    def lookup(oids: Any) -> Any:
         return lookup_types_with(catalog_cursor())(oids)
 
     return lookup

@@ -15,7 +15,7 @@ lost connection interrupted can be finished exactly once:
 """
 
 import logging
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Optional, Tuple
 
 from ...decoding import RelationCache, fill_unchanged_toast
 from ...events import MessageEvent
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 INSERT, UPDATE, DELETE = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 
+#: The replay of a committed streamed transaction: one frame per step.
+Replay = Generator[None, None, None]
+
 
 class ChangeTranslator:
     """Turns parsed pgoutput messages into calls on a :class:`~flash_wal.drivers.base.Sink`.
@@ -70,8 +73,8 @@ class ChangeTranslator:
         self._stream_buffer_bytes = stream_buffer_bytes
         self._held: Dict[int, HeldTransaction] = {}  # top-level xid -> its frames
         self._streaming: Optional[HeldTransaction] = None  # the block being received
-        self._replay: Optional[Iterator[None]] = None
-        self._handlers: Dict[type, Callable[[Any, int], Any]] = {
+        self._replay: Optional[Replay] = None
+        self._handlers: Dict[type, Callable[[Any, int], Optional[Replay]]] = {
             StreamStart: self._stream_start,
             StreamStop: self._stream_stop,
             StreamCommit: self._stream_commit,
@@ -93,7 +96,7 @@ class ChangeTranslator:
         """Nothing received is unfinished here: no open, held or interrupted transaction."""
         return self.txn is None and not self._held and self._replay is None and self._interrupted is None
 
-    def handle(self, message: Any, lsn: int, payload: bytes) -> Optional[Iterator[None]]:
+    def handle(self, message: Any, lsn: int, payload: bytes) -> Optional[Replay]:
         """Act on one message; for a Stream Commit, return the replay to run."""
         held = self._streaming
         if held is not None and message.__class__ is not StreamStop:
@@ -185,12 +188,12 @@ class ChangeTranslator:
         else:
             held.abort_subtransaction(message.subxid)
 
-    def _stream_commit(self, message: StreamCommit, lsn: int) -> Iterator[None]:
+    def _stream_commit(self, message: StreamCommit, lsn: int) -> Replay:
         held = self._held.pop(message.xid, None) or HeldTransaction(message.xid, 0)
         self._replay = self._replayed(held, message)
         return self._replay
 
-    def _replayed(self, held: HeldTransaction, commit: StreamCommit) -> Iterator[None]:
+    def _replayed(self, held: HeldTransaction, commit: StreamCommit) -> Replay:
         try:
             self._open(commit.commit_lsn, commit.xid, commit.commit_time)
             parse_held, handlers = self.parser.parse_held, self._handlers

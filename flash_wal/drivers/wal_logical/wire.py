@@ -104,7 +104,8 @@ class ReplicationWire:
             self._on_warning(message.decode("utf-8", "replace"))
 
     def fileno(self) -> int:
-        return self._connection.fileno()
+        descriptor: int = self._connection.fileno()
+        return descriptor
 
     def read(self) -> Optional[Tuple[int, bytes]]:
         pgconn, buffer, buffer_ref, libpq = self._pgconn, self._buffer, self._buffer_ref, _libpq
@@ -113,7 +114,7 @@ class ReplicationWire:
         while True:
             length = get_copy_data(pgconn, buffer_ref, nonblocking)
             if length > 0:
-                frame = buffer[:length]
+                frame: bytes = buffer[:length]  # type: ignore[assignment]  # a c_char pointer slices to bytes
                 free(buffer)
                 kind = frame[0]
                 if kind == 0x77:  # b"w": XLogData
