@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGE := flash_wal
 
-.PHONY: demo test test-faults soak kill-backlog test-matrix docs bench clean \
+.PHONY: demo test test-unit test-faults soak kill-backlog test-matrix docs bench clean \
 	typecheck check-python-version dist-check
 
 $(STAMP): setup.cfg setup.py pyproject.toml
@@ -20,12 +20,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# No server: the parser, the ack logic, the dispatcher, the translator, in seconds.
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
 # The fault-injection tests, FAULT_RUNS times in a row; any failure stops the run.
 FAULT_RUNS ?= 5
 test-faults: $(STAMP)
 	for run in $$(seq $(FAULT_RUNS)); do \
 		echo "fault run $$run of $(FAULT_RUNS)"; \
-		$(PY) -m pytest -q tests/test_faults*.py tests/test_slot_health.py $(PYTEST_ARGS) || exit 1; \
+		$(PY) -m pytest -q tests/faults $(PYTEST_ARGS) || exit 1; \
 	done
 
 # Not in CI: SOAK_SECONDS (default 600) of mixed load into a durable consumer process,

@@ -1,5 +1,5 @@
 """What benchmarks/kill_backlog.py and benchmarks/soak.py share: an embedded server,
-the consumer process of tests/consumer.py, and reading what it recorded."""
+the consumer process of tests/support/consumer.py, and reading what it recorded."""
 
 import os
 import signal
@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.consumer import RecordFile  # noqa: E402  (the consumer's own format)
+from tests.support.consumer import RecordFile  # noqa: E402  (the consumer's own format)
 
 __all__ = ["ROOT", "RecordFile", "Consumer", "wait_until"]
 
@@ -29,11 +29,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
 
 
 class Consumer:
-    """``python -m tests.consumer`` in a process of its own (so that SIGKILL is real)."""
+    """``python -m tests.support.consumer`` in a process of its own (so that SIGKILL is real)."""
 
     def __init__(self, dsn: str, table: str, slot: str, prefix: str, *options: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consumer", dsn, table, slot, prefix, "--durable", *options],
+            [sys.executable, "-m", "tests.support.consumer", dsn, table, slot, prefix, "--durable", *options],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.lines: List[str] = []

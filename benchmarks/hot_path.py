@@ -3,7 +3,7 @@
     python benchmarks/hot_path.py [--rounds N] [--number N] [--dsn DSN]
 
 Per change the replication thread reads a tuple, decodes the row and builds an event;
-each of those has a fast version and a plain twin (tests/test_hot_path.py checks they
+each of those has a fast version and a plain twin (tests/unit/test_hot_path.py checks they
 agree). This times both of each pair side by side, on the benchmark's row (bigint, int,
 text, timestamptz, numeric), in alternating rounds (fast first, then plain first), and
 prints the best round of each, what the fast one saves and the ratio plain / fast.

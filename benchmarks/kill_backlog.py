@@ -4,7 +4,7 @@
 
 Starts an embedded PostgreSQL on 127.0.0.1, creates a durable slot (a consumer
 process starts and closes), commits --rows rows in --transactions transactions while
-no consumer runs, then starts the consumer (tests/consumer.py --record), SIGKILLs it
+no consumer runs, then starts the consumer (tests/support/consumer.py --record), SIGKILLs it
 --kills times at random moments of the drain (after a random 5-25 % of the backlog
 more has been recorded), restarts it each time, and lets the last one drain the rest.
 Prints rows lost and, per kill, the rows the next process delivered again. Exits 1 if

@@ -2,7 +2,7 @@
 
     SOAK_SECONDS=600 python benchmarks/soak.py [--fault-every 30] [--rss-growth-mib 64]
 
-Starts an embedded PostgreSQL on 127.0.0.1 and a consumer process (tests/consumer.py
+Starts an embedded PostgreSQL on 127.0.0.1 and a consumer process (tests/support/consumer.py
 --durable --streaming --all-operations --record) listening to a table that a load
 generator keeps changing: small transactions of inserts, updates and deletes, and
 every few seconds a large transaction that the server streams. Each change carries a

@@ -168,7 +168,7 @@ class RowDecoder:
     ``decode`` is the hot path: a function written for this relation's columns when
     the decoder is made (see :func:`_unrolled_decode`). ``decode_plain`` is its twin,
     the obvious loop, which ``decode`` hands every row it cannot take; the two give the
-    same row for any tuple (tests/test_hot_path.py).
+    same row for any tuple (tests/unit/test_hot_path.py).
     """
 
     __slots__ = (

@@ -104,7 +104,7 @@ class MessageEvent:
 # sets each field through object.__setattr__, looked up anew on every call. The
 # builders below set the slots through their descriptors instead: the same object at
 # about half the cost (docs/performance.rst has the figures). Each has a plain twin
-# that calls the attrs constructor, with the same signature; tests/test_hot_path.py
+# that calls the attrs constructor, with the same signature; tests/unit/test_hot_path.py
 # checks that both make equal events of the same type for any input.
 
 

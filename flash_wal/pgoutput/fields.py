@@ -12,7 +12,7 @@ byte = offset 0), so an error names the byte where the frame went wrong.
 
 :func:`read_tuple` is the hot path (every change reads one or two); it has a plain
 twin, :func:`read_tuple_plain`, written the obvious way. The two give the same values
-and the same errors for any input (tests/test_hot_path.py), and docs/performance.rst
+and the same errors for any input (tests/unit/test_hot_path.py), and docs/performance.rst
 says what the fast one saves.
 """
 

@@ -1,0 +1,1 @@
+"""What the tests share: import from these modules, never from conftest."""
