@@ -48,12 +48,12 @@ class Writer(threading.Thread):
         #: Events the changes written so far must produce (one per row; one per TRUNCATE).
         self.expected = 0
         self.error: Optional[FlashError] = None
-        self._halt = threading.Event()
+        self._stopping = threading.Event()
         self._cursor: Any = None
         self._posts = 0
 
     def stop(self) -> None:
-        self._halt.set()
+        self._stopping.set()
 
     def run(self) -> None:
         try:
@@ -104,11 +104,11 @@ class Writer(threading.Thread):
         self.printer.line(f"-- scenario done; from now on one change every {self.interval:g} s")
 
     def _step(self, note: str, query: sql.Composable, params: Any = None, rows: Optional[int] = None) -> List[Any]:
-        if self._halt.is_set():
+        if self._stopping.is_set():
             raise _Halted()
         self.printer.line(f"-- {note}")
         result = self._execute(query, params, rows)
-        if self._halt.wait(self.pause):
+        if self._stopping.wait(self.pause):
             raise _Halted()
         return result
 
@@ -124,7 +124,7 @@ class Writer(threading.Thread):
     def _keep_writing(self) -> None:
         t = self.table
         step = 0
-        while not self._halt.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             step += 1
             phase = step % 4
             if phase == 2:

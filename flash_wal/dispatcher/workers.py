@@ -30,11 +30,11 @@ class Workers:
         self._tasks: Deque[Task] = collections.deque()
         self._threads: List[threading.Thread] = []
         self._waiting = 0
-        self._closed = False
+        self._stopping = False
 
     def put(self, task: Task) -> None:
         with self._cond:
-            if not self._closed:
+            if not self._stopping:
                 self._tasks.append(task)
                 if self._waiting:
                     self._waiting -= 1
@@ -55,7 +55,7 @@ class Workers:
         while True:
             with cond:
                 while not tasks:
-                    if self._closed:
+                    if self._stopping:
                         return
                     self._waiting += 1
                     cond.wait()
@@ -64,6 +64,6 @@ class Workers:
 
     def close(self) -> None:
         with self._cond:
-            self._closed = True
+            self._stopping = True
             self._waiting = 0
             self._cond.notify_all()
