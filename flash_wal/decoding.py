@@ -41,6 +41,9 @@ SESSION_SETTINGS: Mapping[str, str] = {
 Caster = Any  # a psycopg2 typecaster, or any callable(text_or_bytes, cursor)
 Row = Dict[str, Any]
 TypeLookup = Callable[[Sequence[int]], Iterable["TypeInfo"]]
+#: Relation OID -> the columns of its primary key, else of its replica identity index,
+#: in key order (empty: neither); see :data:`KEY_COLUMNS_QUERY`.
+KeyLookup = Callable[[int], Sequence[str]]
 
 _BYTEA_OID, _BYTEA_ARRAY_OID = 17, 1001
 _TYPECASTER = type(psycopg2.STRING)
@@ -75,6 +78,32 @@ def lookup_types_with(cursor: Any) -> TypeLookup:
     def lookup(oids: Sequence[int]) -> Iterable[TypeInfo]:
         cursor.execute(TYPE_INFO_QUERY, (list(oids),))
         return [TypeInfo(*row) for row in cursor.fetchall()]
+
+    return lookup
+
+
+#: The columns that identify a row of a table by default (``%(relid)s``), in key order:
+#: its primary key's, else its replica identity index's. INCLUDE columns are not part
+#: of the key; pg_index.indnkeyatts, which counts the others, came with PostgreSQL 11,
+#: hence the JSON detour that reads it where it exists.
+KEY_COLUMNS_QUERY = (
+    "SELECT ARRAY(SELECT a.attname::text"
+    "  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)"
+    "  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+    "  WHERE k.position <= COALESCE((pg_catalog.to_jsonb(i) ->> 'indnkeyatts')::int, i.indnatts)"
+    "  ORDER BY k.position)"
+    " FROM pg_catalog.pg_index i WHERE i.indrelid = %(relid)s AND (i.indisprimary OR i.indisreplident)"
+    " ORDER BY i.indisprimary DESC LIMIT 1"
+)
+
+
+def lookup_keys_with(cursor: Any) -> KeyLookup:
+    """A :data:`KeyLookup` that queries ``pg_index`` through ``cursor``."""
+
+    def lookup(relid: int) -> Sequence[str]:
+        cursor.execute(KEY_COLUMNS_QUERY, {"relid": relid})
+        row = cursor.fetchone()
+        return () if row is None else tuple(row[0])
 
     return lookup
 
@@ -172,17 +201,21 @@ class RowDecoder:
     """
 
     __slots__ = (
-        "relation", "table", "table_text", "names", "casters", "key_names", "cursor", "decode", "_undecodable",
+        "relation", "table", "table_text", "names", "casters", "key_names", "primary_key", "cursor", "decode",
+        "_undecodable",
     )
 
-    def __init__(self, relation: Relation, casters: TypeCasters) -> None:
+    def __init__(self, relation: Relation, casters: TypeCasters, primary_key: Sequence[str] = ()) -> None:
         self.relation = relation
         namespace = relation.namespace or "pg_catalog"
         self.table = TableName(namespace, relation.name)
         self.table_text = str(self.table)  # what events carry
         self.names: Tuple[str, ...] = tuple(column.name for column in relation.columns)
         self.casters: Tuple[Caster, ...] = tuple(casters.caster(column.type_oid) for column in relation.columns)
+        #: The replica identity's columns, as the Relation message flags them.
         self.key_names: Tuple[str, ...] = tuple(column.name for column in relation.columns if column.is_key)
+        #: The columns that identify a row by default, in key order (see :func:`default_key`).
+        self.primary_key: Tuple[str, ...] = tuple(primary_key)
         self.cursor = casters.cursor
         self._undecodable = casters.undecodable_columns
         #: Decodes one tuple (a sequence of pgoutput column values) into a row.
@@ -272,13 +305,14 @@ def _unrolled_decode(decoder: RowDecoder) -> Callable[[Sequence[Any]], Row]:
 class RelationCache:
     """Relation OID -> :class:`RowDecoder`, kept current by Relation messages."""
 
-    def __init__(self, casters: TypeCasters) -> None:
+    def __init__(self, casters: TypeCasters, key_lookup: Optional[KeyLookup] = None) -> None:
         self.casters = casters
+        self._key_lookup = key_lookup
         self._decoders: Dict[int, RowDecoder] = {}
 
     def update(self, relation: Relation) -> RowDecoder:
         self.casters.resolve(column.type_oid for column in relation.columns)
-        decoder = RowDecoder(relation, self.casters)
+        decoder = RowDecoder(relation, self.casters, default_key(relation, self._key_lookup))
         self._decoders[relation.relid] = decoder
         return decoder
 
@@ -287,6 +321,32 @@ class RelationCache:
             return self._decoders[relid]
         except KeyError:
             raise ProtocolError(f"change for relation {relid} before its Relation message") from None
+
+
+def default_key(relation: Relation, lookup: Optional[KeyLookup]) -> Tuple[str, ...]:
+    """The columns that identify a row of ``relation`` by default, in key order: its
+    primary key's, else its replica identity index's, else none.
+
+    Why both the Relation message and the catalog: pgoutput flags the replica identity's
+    columns as the WAL had them, so under REPLICA IDENTITY DEFAULT or USING INDEX the
+    flags are the key, and they stay right when a backlog is decoded long after the
+    schema changed again. But they come in column order, not key order, and under FULL
+    (what flash_wal sets by default) every column is flagged: the key's order, and
+    under FULL or NOTHING the key itself, can only come from the catalog, which is
+    read when the Relation message arrives. So the catalog's key is taken when it agrees
+    with the flags (or when the flags say nothing), the flags' otherwise.
+    """
+    flagged = tuple(column.name for column in relation.columns if column.is_key)
+    names = {column.name for column in relation.columns}
+    found: Tuple[str, ...] = ()
+    if lookup is not None:
+        try:
+            found = tuple(lookup(relation.relid))
+        except psycopg2.Error as exc:
+            logger.warning("could not look up the key of %s.%s: %s", relation.namespace, relation.name, exc)
+    if relation.replica_identity in ("d", "i"):
+        return found if set(found) == set(flagged) else flagged
+    return found if set(found) <= names else ()
 
 
 def fill_unchanged_toast(new: Dict[str, Any], old: Optional[Mapping[str, Any]]) -> None:

@@ -8,7 +8,7 @@ event of a kind shares it.
 import datetime
 import inspect
 import types
-from typing import Any, Callable, ClassVar, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple
 
 import attr
 
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 Row = Dict[str, Any]
+Key = Optional[Tuple[Any, ...]]
 CommitTime = Optional[datetime.datetime]
 
 
@@ -61,6 +62,8 @@ class InsertEvent(Event):
 
     operation: ClassVar[Operation] = Operation.INSERT
     new: Row = attr.ib()
+    #: The listener's ``primary_key`` values, in its order, from ``new``; None without a key.
+    key: Key = attr.ib(default=None, kw_only=True)
 
 
 @attr.s(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class UpdateEvent(Event):
     operation: ClassVar[Operation] = Operation.UPDATE
     old: Optional[Row] = attr.ib()
     new: Row = attr.ib()
+    #: The listener's ``primary_key`` values from ``new`` (an UPDATE that changes them
+    #: arrives as a DeleteEvent and an InsertEvent instead); None without a key.
+    key: Key = attr.ib(default=None, kw_only=True)
 
 
 @attr.s(frozen=True, slots=True)
@@ -78,6 +84,8 @@ class DeleteEvent(Event):
 
     operation: ClassVar[Operation] = Operation.DELETE
     old: Row = attr.ib()
+    #: The listener's ``primary_key`` values from ``old``; None without a key.
+    key: Key = attr.ib(default=None, kw_only=True)
 
 
 @attr.s(frozen=True, slots=True)
@@ -132,10 +140,14 @@ _set_insert_new = _slot_setter(InsertEvent, "new")
 _set_update_old = _slot_setter(UpdateEvent, "old")
 _set_update_new = _slot_setter(UpdateEvent, "new")
 _set_delete_old = _slot_setter(DeleteEvent, "old")
+_set_insert_key = _slot_setter(InsertEvent, "key")
+_set_update_key = _slot_setter(UpdateEvent, "key")
+_set_delete_key = _slot_setter(DeleteEvent, "key")
 
 
 def build_insert(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, new: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, new: Row,
+    key: Key = None,
 ) -> InsertEvent:
     event = _new(InsertEvent)
     _set_table(event, table)
@@ -144,17 +156,20 @@ def build_insert(
     _set_xid(event, xid)
     _set_commit_time(event, commit_time)
     _set_insert_new(event, new)
+    _set_insert_key(event, key)
     return event
 
 
 def build_insert_plain(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, new: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, new: Row,
+    key: Key = None,
 ) -> InsertEvent:
-    return InsertEvent(new, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)
+    return InsertEvent(new, key=key, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)
 
 
 def build_update(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Optional[Row], new: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Optional[Row], new: Row,
+    key: Key = None,
 ) -> UpdateEvent:
     event = _new(UpdateEvent)
     _set_table(event, table)
@@ -164,17 +179,20 @@ def build_update(
     _set_commit_time(event, commit_time)
     _set_update_old(event, old)
     _set_update_new(event, new)
+    _set_update_key(event, key)
     return event
 
 
 def build_update_plain(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Optional[Row], new: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Optional[Row], new: Row,
+    key: Key = None,
 ) -> UpdateEvent:
-    return UpdateEvent(old, new, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)
+    return UpdateEvent(old, new, key=key, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)
 
 
 def build_delete(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Row,
+    key: Key = None,
 ) -> DeleteEvent:
     event = _new(DeleteEvent)
     _set_table(event, table)
@@ -183,10 +201,12 @@ def build_delete(
     _set_xid(event, xid)
     _set_commit_time(event, commit_time)
     _set_delete_old(event, old)
+    _set_delete_key(event, key)
     return event
 
 
 def build_delete_plain(
-    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Row
+    table: str, lsn: int, commit_lsn: int, xid: Optional[int], commit_time: CommitTime, old: Row,
+    key: Key = None,
 ) -> DeleteEvent:
-    return DeleteEvent(old, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)
+    return DeleteEvent(old, key=key, table=table, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_time=commit_time)

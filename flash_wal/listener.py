@@ -54,12 +54,12 @@ def _check_max_parallel(_instance: Any, _attribute: Any, value: int) -> None:
         )
 
 
-def _check_fields(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -> None:
+def _check_column_names(_instance: Any, attribute: Any, value: Tuple[Any, ...]) -> None:
     for field in value:
         if not isinstance(field, str) or not field:
-            raise ConfigurationError(f"fields must be column names (strings), got {field!r}")
+            raise ConfigurationError(f"{attribute.name} must be column names (strings), got {field!r}")
     if len(set(value)) != len(value):
-        raise ConfigurationError(f"fields lists a column twice: {list(value)!r}")
+        raise ConfigurationError(f"{attribute.name} lists a column twice: {list(value)!r}")
 
 
 def _check_conditions(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -> None:
@@ -80,7 +80,7 @@ class ListenerConfig:
     #: Columns to deliver, in ``new`` and ``old``; an UPDATE that changes none of them
     #: produces no event. Empty: every column.
     fields: Tuple[str, ...] = attr.ib(
-        default=(), converter=_to_tuple, validator=_check_fields, metadata={"shown_default": "``()`` (all)"}
+        default=(), converter=_to_tuple, validator=_check_column_names, metadata={"shown_default": "``()`` (all)"}
     )
     #: ``Condition(column, value)`` objects, all of which must hold (``value`` None
     #: means IS NULL). On UPDATE, a row that starts to match arrives as an
@@ -91,6 +91,12 @@ class ListenerConfig:
     #: Callbacks of this listener running at once: 1 runs them one at a time in commit
     #: order, N > 1 up to N at once (a worker thread each), ``-1`` as many as 32.
     max_parallel: int = attr.ib(default=1, validator=_check_max_parallel)
+    #: The columns that identify a row, in order: every row event's ``key`` holds their
+    #: values. Empty: the table's primary key, else its replica identity index, else none.
+    primary_key: Tuple[str, ...] = attr.ib(
+        default=(), converter=_to_tuple, validator=_check_column_names,
+        metadata={"shown_default": "``()`` (the table's)"},
+    )
     table_name: TableName = attr.ib(init=False, eq=False, repr=False)
 
     @table_name.default

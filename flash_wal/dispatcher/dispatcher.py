@@ -15,7 +15,7 @@ transactions in commit order only.
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..drivers.base import Sink
 from ..events import Event, MessageEvent, TruncateEvent
@@ -49,6 +49,7 @@ class Dispatcher(Sink):
         # them without a lock.
         self._routes: Dict[TableName, Tuple[Route, ...]] = {}
         self._by_listener: Dict[Listener, Route] = {}
+        self._table_keys: Dict[TableName, Tuple[str, ...]] = {}  # from the replication thread
         self.callbacks_failed = 0
         self._started_batches: List[Any] = []  # routes with pending events (replication thread)
         self._messages = MessageRoute(Workers("messages", 1, self._run))
@@ -61,6 +62,7 @@ class Dispatcher(Sink):
         with self._lock:
             workers = Workers(str(listener.table), listener.config.max_parallel, self._run)
             route = Route(listener, since_lsn, workers)
+            route.set_table_key(self._table_keys.get(listener.table, ()))
             by_listener = dict(self._by_listener)
             by_listener[listener] = route
             routes = dict(self._routes)
@@ -95,6 +97,13 @@ class Dispatcher(Sink):
 
     def wants(self, table: TableName) -> bool:
         return table in self._routes
+
+    def table_key(self, table: TableName, columns: Sequence[str]) -> None:
+        # Under the lock, so that a route attached meanwhile gets the new key too.
+        with self._lock:
+            self._table_keys[table] = tuple(columns)
+            for route in self._routes.get(table, ()):
+                route.set_table_key(columns)
 
     # --- the replication thread -------------------------------------------------------
 
@@ -150,19 +159,35 @@ class Dispatcher(Sink):
             return
         text = routes[0].table_text
         unshaped: Optional[Event] = None
+        unshaped_key_of: Any = None
         event: Optional[Event]
         commit_lsn = txn.commit_lsn
+        # Whether the key changed is asked once per key reader (routes with the same key
+        # share one), and only for an UPDATE that came with its old row.
+        may_change_key = operation is UPDATE and old is not None
+        checked_key_of: Any = None
+        key_changed = False
         for route in routes:
             if commit_lsn <= route.since_lsn or not route.active:
                 if self._closing:
                     txn.cut_short = True  # read after close(): never delivered, never acknowledged
                 continue
+            key_of = route.key_of
+            if may_change_key and key_of is not None:
+                if key_of is not checked_key_of:
+                    checked_key_of, key_changed = key_of, route.key_changed(old, new)  # type: ignore[arg-type]
+                if key_changed:
+                    for event in route.key_change_events(text, lsn, txn, old, new):  # type: ignore[arg-type]
+                        if route.listener.callbacks_for(event.operation):
+                            self._add_pending(route, txn, event)
+                    continue
             wanted = route.listener.callbacks_for(operation)
             if route.plain:
                 if not wanted:
                     continue
-                if unshaped is None:
-                    unshaped = unshaped_event(operation, text, lsn, txn, old, new)
+                if unshaped is None or key_of is not unshaped_key_of:
+                    unshaped = unshaped_event(operation, text, lsn, txn, old, new, key_of)
+                    unshaped_key_of = key_of
                 event = unshaped
             else:
                 # Without a callback for the operation, an UPDATE may still become an
@@ -191,11 +216,16 @@ class Dispatcher(Sink):
                 if self._closing:
                     txn.cut_short = True
                 continue
-            if not route.listener.callbacks_for(operation) and (operation is not UPDATE or not route.conditions):
+            if operation is UPDATE and route.key_changed(old, new):  # type: ignore[arg-type]
+                events = route.key_change_events(route.table_text, lsn, txn, old, new)  # type: ignore[arg-type]
+            elif not route.listener.callbacks_for(operation) and (operation is not UPDATE or not route.conditions):
                 continue
-            event = route.event_for(operation, route.table_text, lsn, txn, old, new)
-            if event is not None and route.listener.callbacks_for(event.operation):
-                self._add_pending(route, txn, event)
+            else:
+                event = route.event_for(operation, route.table_text, lsn, txn, old, new)
+                events = [] if event is None else [event]
+            for event in events:
+                if route.listener.callbacks_for(event.operation):
+                    self._add_pending(route, txn, event)
 
     def truncate(self, txn: Transaction, table: TableName, lsn: int, cascade: bool, restart_identity: bool) -> None:
         """Queue a TRUNCATE for each route with a callback for it (fields and conditions

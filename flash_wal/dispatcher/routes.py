@@ -1,7 +1,9 @@
 """Where the changes of a table go: one :class:`Route` per attached listener, shaping
-events by its fields and conditions, and the one route of logical decoding messages."""
+events by its fields, conditions and key, and the one route of logical decoding messages."""
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import functools
+import operator
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..events import Event, MessageEvent, build_delete, build_insert, build_update, format_lsn
 from ..listener import Listener, RunningCalls
@@ -9,7 +11,10 @@ from ..operations import Operation
 from .acknowledgement import Transaction
 from .workers import Workers
 
-__all__ = ["BATCH_SIZE", "Route", "MessageRoute", "describe_event", "unshaped_event"]
+__all__ = ["BATCH_SIZE", "KeyReader", "Route", "MessageRoute", "describe_event", "key_reader", "unshaped_event"]
+
+#: A row -> the values of its key columns, in key order.
+KeyReader = Callable[[Dict[str, Any]], Tuple[Any, ...]]
 
 INSERT, UPDATE = Operation.INSERT, Operation.UPDATE
 
@@ -35,6 +40,37 @@ class Route:
         self.pending_txn: Optional[Transaction] = None
         self.running_calls = listener.running_calls
         self.still_wanted = listener.is_registered
+        self.key_columns: Tuple[str, ...] = ()
+        self.key_of: Optional[KeyReader] = None
+        self.set_table_key(())
+
+    def set_table_key(self, columns: Sequence[str]) -> None:
+        """The table's own key is now ``columns``: the events' key, unless the listener
+        configured its own. Called by the replication thread, or before the route is
+        routed to."""
+        self.key_columns = self.listener.config.primary_key or tuple(columns)
+        self.key_of = key_reader(self.key_columns)
+
+    def key_changed(self, old: Optional[Dict[str, Any]], new: Dict[str, Any]) -> bool:
+        """Whether an UPDATE from ``old`` to ``new`` changes this listener's key. Without
+        the old row (the server sends it only when the replica identity changed) it did not."""
+        key_of = self.key_of
+        return key_of is not None and old is not None and key_of(old) != key_of(new)
+
+    def key_change_events(self, table: str, lsn: int, txn: Transaction, old: Dict[str, Any],
+                          new: Dict[str, Any]) -> List[Event]:
+        """An UPDATE that changed the key: the DeleteEvent of the old row, then the
+        InsertEvent of the new one, each only if its row meets the conditions, whatever
+        ``fields`` says (the key changed even if no field did)."""
+        meta = (table, lsn, txn.commit_lsn, txn.xid, txn.commit_time)
+        key_of = self.key_of
+        assert key_of is not None
+        events: List[Event] = []
+        if not self.conditions or self.matches(old):
+            events.append(build_delete(*meta, self.project(old), key_of(old)))
+        if not self.conditions or self.matches(new):
+            events.append(build_insert(*meta, self.project(new), key_of(new)))
+        return events
 
     def callbacks_for(self, event: Event) -> Tuple[Callable[[Any], Any], ...]:
         return self.listener.callbacks_for(event.operation)
@@ -51,31 +87,34 @@ class Route:
         self, operation: Operation, table: str, lsn: int, txn: Transaction, old: Any, new: Any,
     ) -> Optional[Event]:
         """The event this listener gets for a row change, shaped by its fields and
-        conditions, or None. The rows are as for :func:`unshaped_event`."""
+        conditions, or None; an UPDATE that changes the key is not one event (see
+        :meth:`key_change_events`). The rows are as for :func:`unshaped_event`."""
         meta = (table, lsn, txn.commit_lsn, txn.xid, txn.commit_time)
+        key_of = self.key_of
         if operation is INSERT:
             if self.conditions and not self.matches(new):
                 return None
-            return build_insert(*meta, self.project(new))
+            return build_insert(*meta, self.project(new), None if key_of is None else key_of(new))
         if operation is UPDATE:
             if self.conditions:
                 new_matches = self.matches(new)
                 if old is not None:
                     old_matches = self.matches(old)
                     if old_matches and not new_matches:
-                        return build_delete(*meta, self.project(old))
+                        return build_delete(*meta, self.project(old), None if key_of is None else key_of(old))
                     if new_matches and not old_matches:
-                        return build_insert(*meta, self.project(new))
+                        return build_insert(*meta, self.project(new), None if key_of is None else key_of(new))
                 if not new_matches:
                     return None
             if self.fields and old is not None and all(
                 old.get(field) == new.get(field) for field in self.fields
             ):
                 return None
-            return build_update(*meta, None if old is None else self.project(old), self.project(new))
+            return build_update(*meta, None if old is None else self.project(old), self.project(new),
+                                None if key_of is None else key_of(new))
         if self.conditions and not self.matches(old):
             return None
-        return build_delete(*meta, self.project(old))
+        return build_delete(*meta, self.project(old), None if key_of is None else key_of(old))
 
 
 def describe_event(event: Any) -> str:
@@ -87,17 +126,51 @@ def describe_event(event: Any) -> str:
     return text if key is None else f"{text}, key {key!r}"
 
 
-def unshaped_event(operation: Operation, table: str, lsn: int, txn: Transaction, old: Any, new: Any) -> Event:
-    """The event every listener without fields or conditions gets: built once per change.
+def unshaped_event(
+    operation: Operation, table: str, lsn: int, txn: Transaction, old: Any, new: Any,
+    key_of: Optional[KeyReader] = None,
+) -> Event:
+    """The event every listener without fields or conditions, and with the same key,
+    gets: built once per change (not for an UPDATE that changes the key).
 
     ``new`` is a row for an INSERT or UPDATE, ``old`` one for a DELETE (and None or a
     row for an UPDATE): the operation says which, so their type is left open here.
     """
     if operation is INSERT:
-        return build_insert(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, new)
+        return build_insert(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, new,
+                            None if key_of is None else key_of(new))
     if operation is UPDATE:
-        return build_update(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old, new)
-    return build_delete(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old)
+        return build_update(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old, new,
+                            None if key_of is None else key_of(new))
+    return build_delete(table, lsn, txn.commit_lsn, txn.xid, txn.commit_time, old,
+                        None if key_of is None else key_of(old))
+
+
+@functools.lru_cache(maxsize=None)
+def key_reader(columns: Tuple[str, ...]) -> Optional[KeyReader]:
+    """What reads the key ``columns`` from a row, or None for no key. One reader per
+    set of columns, so that the dispatcher can tell routes with the same key by
+    identity. A column the row lacks (dropped since the listener was checked) reads as
+    None rather than failing every event."""
+    if not columns:
+        return None
+    if len(columns) == 1:
+        column = columns[0]
+
+        def read_one(row: Dict[str, Any]) -> Tuple[Any, ...]:
+            return (row.get(column),)
+
+        return read_one
+    read_all = operator.itemgetter(*columns)
+
+    def read(row: Dict[str, Any]) -> Tuple[Any, ...]:
+        try:
+            values: Tuple[Any, ...] = read_all(row)
+            return values
+        except KeyError:
+            return tuple(row.get(column) for column in columns)
+
+    return read
 
 
 class MessageRoute:

@@ -33,6 +33,11 @@ class Sink(abc.ABC):
     def wants_messages(self) -> bool:
         """Whether logical decoding messages have any callback."""
 
+    def table_key(self, table: TableName, columns: Sequence[str]) -> None:
+        """The columns that identify a row of ``table`` by default (its primary key's,
+        else its replica identity index's; empty: none), known before its first change
+        of a session and again after each schema change. Events' ``key`` follows it."""
+
     @abc.abstractmethod
     def begin(self, commit_lsn: int, xid: Optional[int], commit_time: Any) -> Any:
         """A transaction starts; returns the handle the other calls take."""

@@ -196,10 +196,11 @@ META = st.tuples(
     st.one_of(st.none(), st.integers(0, 2**32 - 1)),
     st.one_of(st.none(), st.datetimes(timezones=st.just(datetime.timezone.utc))),
 )
+KEY = st.one_of(st.none(), st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=8)), max_size=3).map(tuple))
 BUILDERS = {
-    "insert": (build_insert, build_insert_plain, st.tuples(ROW)),
-    "update": (build_update, build_update_plain, st.tuples(st.one_of(st.none(), ROW), ROW)),
-    "delete": (build_delete, build_delete_plain, st.tuples(ROW)),
+    "insert": (build_insert, build_insert_plain, st.tuples(ROW, KEY)),
+    "update": (build_update, build_update_plain, st.tuples(st.one_of(st.none(), ROW), ROW, KEY)),
+    "delete": (build_delete, build_delete_plain, st.tuples(ROW, KEY)),
 }
 
 
@@ -211,6 +212,7 @@ def test_a_built_event_is_the_constructed_one(kind, data):
     args = data.draw(META) + data.draw(rows_strategy)
     built, constructed = fast(*args), plain(*args)
     assert type(built) is type(constructed)
+    assert built.key == args[-1]
     assert built == constructed
     assert repr(built) == repr(constructed)
     assert attr.asdict(built) == attr.asdict(constructed)

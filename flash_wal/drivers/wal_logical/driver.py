@@ -20,7 +20,7 @@ from ...listener import Listener
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, identity, ownership
+from . import catalog, claim, identity, keys, ownership
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -281,8 +281,12 @@ class Driver(base.Driver):
 
     def _describe(self, cursor: Any, listeners: Sequence[Listener]) -> Dict[TableName, catalog.TableInfo]:
         infos = catalog.describe_tables(cursor, (listener.table for listener in listeners))
+        table_keys = keys.describe_keys(cursor, infos.values())
         for listener in listeners:
             catalog.check_listener_columns(listener, infos[listener.table])
+            keys.check_listener_key(
+                listener, infos[listener.table], table_keys[listener.table], self.config.replica_identity_full
+            )
         return infos
 
     def _plugin_options(self) -> Dict[str, str]:

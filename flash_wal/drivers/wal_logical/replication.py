@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from ...decoding import RelationCache, TypeCasters, lookup_types_with
+from ...decoding import RelationCache, TypeCasters, lookup_keys_with, lookup_types_with
 from ...errors import ConfigurationError, FlashError, ReplicationError, SlotInvalidatedError, one_line
 from ...events import format_lsn
 from ...pgoutput import PgOutputParser
@@ -220,9 +220,11 @@ class ReplicationThread(threading.Thread):
             # UTF8 connection's casters read them as UTF-8, where an ASCII one would fail.
             sql_ascii = conn.encoding == "SQLASCII"
             cast_cursor = self._catalog_cursor() if sql_ascii else conn.cursor()
-            casters = TypeCasters(cast_cursor, lookup=_lazy_lookup(self._catalog_cursor))
+            casters = TypeCasters(cast_cursor, lookup=_lazy(lookup_types_with, self._catalog_cursor))
+            # Keys are looked up again with every Relation message: see decoding.default_key.
+            relations = RelationCache(casters, key_lookup=_lazy(lookup_keys_with, self._catalog_cursor))
             self._translator = ChangeTranslator(
-                self._sink, RelationCache(casters), PgOutputParser(self._protocol_version),
+                self._sink, relations, PgOutputParser(self._protocol_version),
                 self._stream_buffer_bytes,
             )
         start_lsn = max(self._translation.received_lsn, self._sink.acked_lsn)
@@ -445,8 +447,10 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _lazy_lookup(catalog_cursor: Callable[[], Any]) -> Callable[[Any], Any]:
-    def lookup(oids: Any) -> Any:
-        return lookup_types_with(catalog_cursor())(oids)
+def _lazy(lookup_with: Callable[[Any], Callable[[Any], Any]], catalog_cursor: Callable[[], Any]) -> Callable[[Any], Any]:
+    """A catalog look-up that opens the catalog connection only when first needed."""
+
+    def lookup(what: Any) -> Any:
+        return lookup_with(catalog_cursor())(what)
 
     return lookup

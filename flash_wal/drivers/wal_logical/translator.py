@@ -101,7 +101,7 @@ class ChangeTranslator:
         held = self._streaming
         if held is not None and message.__class__ is not StreamStop:
             if message.__class__ is Relation:
-                self.relations.update(message)  # later blocks and transactions rely on it
+                self._relation(message, lsn)  # later blocks and transactions rely on it
             if message.__class__ is not Origin:
                 held.append(message.xid, lsn, payload)
             return None
@@ -209,7 +209,8 @@ class ChangeTranslator:
     # --- changes ----------------------------------------------------------------------
 
     def _relation(self, message: Relation, lsn: int) -> None:
-        self.relations.update(message)
+        decoder = self.relations.update(message)
+        self.sink.table_key(decoder.table, decoder.primary_key)
 
     def _ignore(self, message: Any, lsn: int) -> None:
         pass
