@@ -1,15 +1,19 @@
-"""The dispatcher's spelled-out change() gives exactly what its plain twin gives."""
+"""The dispatcher's spelled-out change() gives exactly what its plain twin gives, keys
+and key changes included; and what a key change gives."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flash_wal import Condition, Listener, Operation
+from flash_wal import Condition, DeleteEvent, InsertEvent, Listener, Operation, UpdateEvent
 from flash_wal.dispatcher import Dispatcher
 from flash_wal.table_name import TableName
 
 TABLE = TableName("public", "t")
 COLUMNS = ("id", "a", "b")
 ROW = st.fixed_dictionaries({"id": st.integers(1, 3), "a": st.sampled_from([None, 1, 2]), "b": st.sampled_from(["x", "y"])})
+# What the server sends as the old row without REPLICA IDENTITY FULL: the key only.
+OLD_KEY = ROW.map(lambda row: {"id": row["id"]})
+KEYS = st.sampled_from([(), ("id",), ("a", "id")])
 OPERATIONS = st.sampled_from([Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.ALL,
                               Operation.INSERT | Operation.DELETE, Operation.UPDATE | Operation.DELETE])
 LISTENER = st.fixed_dictionaries({
@@ -17,24 +21,30 @@ LISTENER = st.fixed_dictionaries({
     "fields": st.lists(st.sampled_from(COLUMNS), unique=True, max_size=2),
     "conditions": st.lists(st.builds(Condition, st.sampled_from(("a", "b")), st.sampled_from([None, 1, "x"])),
                            max_size=1),
+    "primary_key": KEYS,
 })
 CHANGE = st.one_of(
     st.tuples(st.just(Operation.INSERT), st.none(), ROW),
-    st.tuples(st.just(Operation.UPDATE), st.one_of(st.none(), ROW), ROW),
-    st.tuples(st.just(Operation.DELETE), ROW, st.none()),
+    st.tuples(st.just(Operation.UPDATE), st.one_of(st.none(), ROW, OLD_KEY), ROW),
+    st.tuples(st.just(Operation.DELETE), st.one_of(ROW, OLD_KEY), st.none()),
 )
+# Before a transaction, maybe a Relation message with the table's key (a schema change).
+TRANSACTION = st.tuples(st.one_of(st.none(), KEYS), st.lists(CHANGE, max_size=5))
 
 
 def deliveries(listener_specs, transactions, plainly):
     dispatcher = Dispatcher()
     seen = []
     for number, spec in enumerate(listener_specs):
-        listener = Listener(table="t", fields=spec["fields"], conditions=spec["conditions"])
+        listener = Listener(table="t", fields=spec["fields"], conditions=spec["conditions"],
+                            primary_key=spec["primary_key"])
         listener.on(spec["operations"], lambda event, number=number: seen.append((number, event)))
         dispatcher.attach(listener)
     change = dispatcher.change_plainly if plainly else dispatcher.change
     lsn = 100
-    for changes in transactions:
+    for table_key, changes in transactions:
+        if table_key is not None:
+            dispatcher.table_key(TABLE, table_key)
         txn = dispatcher.begin(lsn + 50, lsn, None)
         for operation, old, new in changes:
             lsn += 1
@@ -50,6 +60,36 @@ def deliveries(listener_specs, transactions, plainly):
 
 @settings(max_examples=300, deadline=None)
 @given(listeners=st.lists(LISTENER, min_size=1, max_size=3),
-       transactions=st.lists(st.lists(CHANGE, max_size=5), min_size=1, max_size=4))
+       transactions=st.lists(TRANSACTION, min_size=1, max_size=4))
 def test_change_and_its_plain_twin_deliver_the_same_events(listeners, transactions):
     assert deliveries(listeners, transactions, plainly=False) == deliveries(listeners, transactions, plainly=True)
+
+
+def test_a_key_change_is_a_delete_then_an_insert_to_the_callbacks_of_each():
+    old, new = {"id": 1, "a": 1, "b": "x"}, {"id": 2, "a": 1, "b": "y"}
+    specs = [
+        {"operations": Operation.ALL, "fields": [], "conditions": [], "primary_key": ()},
+        {"operations": Operation.INSERT, "fields": [], "conditions": [], "primary_key": ()},
+        {"operations": Operation.UPDATE, "fields": [], "conditions": [], "primary_key": ()},
+        {"operations": Operation.ALL, "fields": ["a"], "conditions": [Condition("b", "y")], "primary_key": ()},
+        {"operations": Operation.ALL, "fields": [], "conditions": [], "primary_key": ("a",)},
+    ]
+    for plainly in (False, True):
+        seen, _ = deliveries(specs, [(("id",), [(Operation.UPDATE, old, new)])], plainly)
+        assert [(number, type(event), event.key) for number, event in seen] == [
+            (0, DeleteEvent, (1,)), (0, InsertEvent, (2,)),
+            (1, InsertEvent, (2,)),
+            (3, InsertEvent, (2,)),  # the old row did not match: no delete
+            (4, UpdateEvent, (1,)),  # its own key did not change
+        ]
+        everything = [event for number, event in seen if number == 0]
+        assert everything[0].old == old and everything[1].new == new
+        assert everything[0].lsn == everything[1].lsn and everything[0].commit_lsn == everything[1].commit_lsn
+        assert seen[3][1].new == {"a": 1}
+
+
+def test_without_a_relation_the_configured_key_still_holds():
+    specs = [{"operations": Operation.INSERT, "fields": ["b"], "conditions": [], "primary_key": ("a", "id")},
+             {"operations": Operation.INSERT, "fields": [], "conditions": [], "primary_key": ()}]
+    seen, _ = deliveries(specs, [(None, [(Operation.INSERT, None, {"id": 3, "a": 2, "b": "x"})])], plainly=False)
+    assert [(number, event.key) for number, event in seen] == [(0, (2, 3)), (1, None)]
