@@ -2,12 +2,14 @@
 
 import threading
 
+import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
-from flash_wal import Condition, ConfigurationError, Listener, Operation, UpdateEvent
+from flash_wal import Client, Condition, ConfigurationError, Listener, Operation, UpdateEvent
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 
+from tests.support.database import Database
 from tests.support.recorder import Recorder
 from tests.support.waiting import wait_for
 
@@ -243,3 +245,46 @@ def test_the_key_follows_schema_changes_in_a_backlog_without_full_identity(make_
     # The last key's columns are right; its order, which the catalog no longer knows, is
     # the columns' (the flags'), not the dropped key's ("c", 3).
     assert summary(events) == [("InsertEvent", (1,)), ("InsertEvent", ("b",)), ("InsertEvent", (3, "c"))]
+
+
+def test_a_partitioned_table_has_its_primary_key(make_client, make_table, db):
+    table = make_table("id int, region text, PRIMARY KEY (region, id)) PARTITION BY LIST (region")
+    db.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ('eu')").format(
+        sql.Identifier(f"{table}_eu"), sql.Identifier(table)))
+    client = make_client()
+    recorder = listening(client, table)
+    with client:
+        run(db, "INSERT INTO {} VALUES (1, 'eu')", table)
+        run(db, "UPDATE {} SET id = 2", table)
+        events = recorder.wait(3)
+    assert summary(events) == [("InsertEvent", ("eu", 1)), ("DeleteEvent", ("eu", 1)), ("InsertEvent", ("eu", 2))]
+
+
+def test_a_key_change_inside_a_streamed_transaction(make_client, make_table, db, unique, server_version):
+    """The schema changes inside a transaction the server streams while in progress:
+    the rows before the change have the old key, the rows after it the new one."""
+    if server_version < 140000:
+        pytest.skip("streaming of in-progress transactions needs PostgreSQL 14")
+    table = make_table("a int NOT NULL, b int NOT NULL, CONSTRAINT first_key PRIMARY KEY (a)")
+    slot = f"flash_{unique}_streamed"
+    client = Client(
+        database_cnx=psycopg2.extensions.make_dsn(db.dsn, options="-c logical_decoding_work_mem=64kB"),
+        shutdown_timeout=5,
+        driver=Driver(DriverConfig(publication_slot_prefix=f"pub_{slot}", replication_slot=slot,
+                                   use_streaming=True, replica_identity_full=False)),
+    )
+    recorder = listening(client, table, Operation.INSERT)
+    writer = Database(db.dsn)
+    writer.conn.autocommit = False
+    try:
+        with client:
+            run(writer, "INSERT INTO {} SELECT i, -i FROM generate_series(1, 3000) i", table)
+            run(writer, "ALTER TABLE {} DROP CONSTRAINT first_key, ADD CONSTRAINT second_key PRIMARY KEY (b)", table)
+            run(writer, "INSERT INTO {} VALUES (0, 7)", table)
+            writer.conn.commit()
+            events = recorder.wait(3001)
+    finally:
+        writer.close()
+    assert db.slots(slot) == []
+    assert [event.key for event in events[:2]] == [(1,), (2,)] and events[2999].key == (3000,)
+    assert events[3000].key == (7,)
