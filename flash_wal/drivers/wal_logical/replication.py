@@ -221,12 +221,10 @@ class ReplicationThread(threading.Thread):
             sql_ascii = conn.encoding == "SQLASCII"
             cast_cursor = self._catalog_cursor() if sql_ascii else conn.cursor()
             casters = TypeCasters(cast_cursor, lookup=_lazy(lookup_types_with, self._catalog_cursor))
-            # Keys are looked up again with every Relation message: see decoding.default_key.
+            # Each Relation message looks the table's key up again: see decoding.default_key.
             relations = RelationCache(casters, key_lookup=_lazy(lookup_keys_with, self._catalog_cursor))
-            self._translator = ChangeTranslator(
-                self._sink, relations, PgOutputParser(self._protocol_version),
-                self._stream_buffer_bytes,
-            )
+            parser = PgOutputParser(self._protocol_version)
+            self._translator = ChangeTranslator(self._sink, relations, parser, self._stream_buffer_bytes)
         start_lsn = max(self._translation.received_lsn, self._sink.acked_lsn)
         try:
             cursor.start_replication(
