@@ -339,11 +339,17 @@ def default_key(relation: Relation, lookup: Optional[KeyLookup]) -> Tuple[str, .
     flagged = tuple(column.name for column in relation.columns if column.is_key)
     names = {column.name for column in relation.columns}
     found: Tuple[str, ...] = ()
-    if lookup is not None:
+    # Twice: a catalog connection the server dropped (a restart, say) is only known to
+    # be closed once a query on it failed, and the next look-up opens a new one.
+    for attempt in (1, 2):
+        if lookup is None:
+            break
         try:
             found = tuple(lookup(relation.relid))
+            break
         except psycopg2.Error as exc:
-            logger.warning("could not look up the key of %s.%s: %s", relation.namespace, relation.name, exc)
+            if attempt == 2:
+                logger.warning("could not look up the key of %s.%s: %s", relation.namespace, relation.name, exc)
     if relation.replica_identity in ("d", "i"):
         return found if set(found) == set(flagged) else flagged
     return found if set(found) <= names else ()

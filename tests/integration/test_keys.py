@@ -288,3 +288,25 @@ def test_a_key_change_inside_a_streamed_transaction(make_client, make_table, db,
     assert db.slots(slot) == []
     assert [event.key for event in events[:2]] == [(1,), (2,)] and events[2999].key == (3000,)
     assert events[3000].key == (7,)
+
+
+def test_the_key_is_found_when_the_catalog_connection_was_lost(make_client, make_table, db):
+    table = make_table("id int NOT NULL, note text")
+    client = make_client()
+    recorder = listening(client, table, Operation.INSERT)
+    # The replication thread's catalog connection is the one whose last query was the key's.
+    catalog_backend = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'flash_wal'"
+        " AND backend_type = 'client backend' AND query LIKE '%%indisprimary DESC LIMIT 1%%'"
+    )
+    with client:
+        run(db, "INSERT INTO {} VALUES (1, 'a')", table)
+        recorder.wait(1)
+        pid = wait_for(lambda: db.fetchone(catalog_backend), what="the catalog connection")[0]
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: db.fetchone("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)) is None,
+                 what="the catalog connection to end")
+        run(db, "ALTER TABLE {} ADD PRIMARY KEY (id)", table)
+        run(db, "INSERT INTO {} VALUES (2, 'b')", table)
+        events = recorder.wait(2)
+    assert summary(events) == [("InsertEvent", None), ("InsertEvent", (2,))]

@@ -38,6 +38,19 @@ def test_the_default_key_without_a_catalog():
     assert default_key(relation("f", ()), None) == ()
 
 
+def test_a_look_up_that_fails_once_is_tried_again(caplog):
+    calls = []
+
+    def fails_once(relid):
+        calls.append(relid)
+        if len(calls) == 1:
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        return ("c", "a")
+
+    assert default_key(relation("f", ()), fails_once) == ("c", "a")
+    assert calls == [7, 7] and "could not look up" not in caplog.text
+
+
 def test_a_failed_look_up_leaves_the_flags(caplog):
     def failing(relid):
         raise psycopg2.OperationalError("connection lost")
