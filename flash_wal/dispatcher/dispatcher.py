@@ -104,6 +104,10 @@ class Dispatcher(Sink):
         return txn
 
     def abandon(self, txn: Transaction) -> None:
+        # A batch still being filled belongs to ``txn``: handed off now, so that the
+        # next transaction's events start a batch of their own instead of joining it
+        # (and that transaction, with nothing pending, being acknowledged at once).
+        self.flush()
         self._tracker.abandon(txn)
 
     @property
