@@ -170,7 +170,10 @@ class Dispatcher(Sink):
             return
         all_routes = table_routes.routes
         text = all_routes[0].table_text
-        routes = all_routes if self._closing else table_routes.reached_by(old, new)
+        if table_routes.columns and not self._closing:
+            routes = table_routes.reached_by(old, new)
+        else:
+            routes = all_routes
         unshaped: Optional[Event] = None
         event: Optional[Event]
         commit_lsn = txn.commit_lsn
