@@ -17,6 +17,9 @@ latency     single-row INSERT transactions at --rate per second for --latency-se
 memory      peak RSS growth of the consumer over one --memory-rows transaction, with
             use_streaming off and on.
 idle        CPU seconds a started client uses over --idle-seconds with no changes.
+tenants     a --tenant-rows backlog drained by 1, 10, 100 and 1,000 listeners, each
+            Condition("tenant_id", i): changes/s and the ratio to one listener
+            (benchmarks/tenants.py says how and why).
 
 Prints a table, writes the figures as JSON (default benchmarks/results.json) and exits
 with status 1 if a target is missed. See docs/performance.rst.
@@ -38,6 +41,8 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+import tenants
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = "bench"
 COLUMNS = "id bigint, n int, t text, ts timestamptz, x numeric"
@@ -52,6 +57,7 @@ TARGETS = {
     "memory_streaming_off_mib": ("<=", 64.0),
     "memory_streaming_on_mib": ("<=", 64.0),
     "idle_cpu_percent": ("<=", 1.0),
+    **tenants.TARGETS,
 }
 
 
@@ -181,7 +187,7 @@ def child_idle(dsn: str, seconds: float) -> None:
 
 
 CHILDREN = {"raw": child_raw, "flash": child_flash, "latency": child_latency,
-            "memory": child_memory, "idle": child_idle}
+            "memory": child_memory, "idle": child_idle, "tenants": tenants.child_tenants}
 
 
 # --- the conductor --------------------------------------------------------------------
@@ -323,6 +329,7 @@ def report(figures: Dict[str, Any]) -> bool:
     if "idle_cpu_percent" in figures:
         lines.append(("idle CPU", f"{figures['idle_cpu_percent']:.2f} % of a core",
                       verdict("idle_cpu_percent", figures["idle_cpu_percent"])))
+    lines += tenants.report_lines(figures, verdict)
     width = max(len(line[0]) for line in lines)
     for name, value, target in lines:
         print(f"  {name:<{width}}  {value:>20}   {target}")
@@ -337,8 +344,9 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--tenant-rows", type=int, default=100_000, help="tenants: rows of the backlog")
     parser.add_argument("--quick", action="store_true", help="a tenth of every size and duration")
-    parser.add_argument("--only", default="throughput,latency,memory,idle", help="comma-separated measurements")
+    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants", help="comma-separated measurements")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"), metavar="PATH")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -349,6 +357,7 @@ def main() -> int:
     if args.quick:
         args.rows, args.latency_seconds = args.rows // 10, args.latency_seconds / 10
         args.memory_rows, args.idle_seconds = args.memory_rows // 10, args.idle_seconds / 10
+        args.tenant_rows //= 10
     only = set(args.only.split(","))
 
     from flash_wal.embedded import EmbeddedPostgres
@@ -368,9 +377,11 @@ def main() -> int:
             figures.update(measure_memory(dsn, args.memory_rows))
         if "idle" in only:
             figures.update(measure_idle(dsn, args.idle_seconds))
+        if "tenants" in only:
+            figures.update(tenants.measure_tenants(dsn, args.tenant_rows, args.rounds, execute, Child))
     met = report(figures)
     figures["sizes"] = {"rows": args.rows, "rate": args.rate, "latency_seconds": args.latency_seconds,
-                        "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds}
+                        "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds, "tenant_rows": args.tenant_rows}
     with open(args.json, "w") as out:
         json.dump(figures, out, indent=2)
     print(f"figures written to {args.json}")

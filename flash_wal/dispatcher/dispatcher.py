@@ -23,6 +23,7 @@ from ..listener import Listener
 from ..operations import Operation
 from ..table_name import TableName
 from .acknowledgement import AckTracker, Transaction
+from .route_index import TableRoutes
 from .routes import MessageRoute, Route, describe_event, unshaped_event
 from .workers import Task, Workers
 
@@ -45,9 +46,11 @@ class Dispatcher(Sink):
         self.max_queued_events = max_queued_events
         self._on_error = on_error
         self._lock = threading.Lock()
-        # Both maps are replaced whole on change, so the replication thread reads
-        # them without a lock.
+        # The maps are replaced whole on change, so the replication thread reads
+        # them without a lock. _indexed holds the same routes as _routes, indexed by
+        # their equality conditions (see .route_index): change() reads only it.
         self._routes: Dict[TableName, Tuple[Route, ...]] = {}
+        self._indexed: Dict[TableName, TableRoutes] = {}
         self._by_listener: Dict[Listener, Route] = {}
         self._table_keys: Dict[TableName, Tuple[str, ...]] = {}  # from the replication thread
         self.callbacks_failed = 0
@@ -67,7 +70,7 @@ class Dispatcher(Sink):
             by_listener[listener] = route
             routes = dict(self._routes)
             routes[listener.table] = routes.get(listener.table, ()) + (route,)
-            self._by_listener, self._routes = by_listener, routes
+            self._replace_routes(by_listener, routes, listener.table)
 
     def detach(self, listener: Listener) -> None:
         """Stop routing to ``listener``; its queued events are dropped. A call of its
@@ -83,8 +86,22 @@ class Dispatcher(Sink):
                 routes[listener.table] = remaining
             else:
                 del routes[listener.table]
-            self._by_listener, self._routes = by_listener, routes
+            self._replace_routes(by_listener, routes, listener.table)
         route.workers.close()
+
+    def _replace_routes(
+        self, by_listener: Dict[Listener, Route], routes: Dict[TableName, Tuple[Route, ...]], table: TableName,
+    ) -> None:
+        """Publish new maps, the index first: a change routed meanwhile by the new index
+        and a truncate by the old tuple differ only by the one route, whose
+        ``since_lsn`` and ``active`` decide as they always did."""
+        indexed = dict(self._indexed)
+        if table in routes:
+            indexed[table] = TableRoutes(routes[table])
+        else:
+            indexed.pop(table, None)
+        self._indexed = indexed
+        self._by_listener, self._routes = by_listener, routes
 
     def on_message(self, prefix: str, callback: Callable[[Any], Any]) -> None:
         """Call ``callback`` for every logical decoding message whose prefix starts with ``prefix``."""
@@ -113,6 +130,10 @@ class Dispatcher(Sink):
         return txn
 
     def abandon(self, txn: Transaction) -> None:
+        # A batch still being filled belongs to ``txn``: handed off now, so that the
+        # next transaction's events start a batch of their own instead of joining it
+        # (and that transaction, with nothing pending, being acknowledged at once).
+        self.flush()
         self._tracker.abandon(txn)
 
     @property
@@ -153,11 +174,19 @@ class Dispatcher(Sink):
         This runs once per change, so the plain case (no fields, no conditions: one
         event shared by all such routes) and the batching are spelled out here;
         :meth:`change_plainly` is its readable twin, and a unit test holds them equal.
+        The index (:class:`~.route_index.TableRoutes`) leaves out the routes the rows
+        cannot match; once closing, every route is looked at, as the plain twin does,
+        since a skipped one marks the transaction cut short.
         """
-        routes = self._routes.get(table)
-        if routes is None:
+        table_routes = self._indexed.get(table)
+        if table_routes is None:
             return
-        text = routes[0].table_text
+        all_routes = table_routes.routes
+        text = all_routes[0].table_text
+        if table_routes.columns and not self._closing:
+            routes = table_routes.reached_by(old, new)
+        else:
+            routes = all_routes
         unshaped: Optional[Event] = None
         unshaped_key_of: Any = None
         event: Optional[Event]
@@ -205,6 +234,13 @@ class Dispatcher(Sink):
             pending.append(event)
             if len(pending) >= route.batch_size:
                 self._hand_off(route)
+        if self._closing and routes is not all_routes:  # close() began during the loop
+            self._mark_cut_short(txn, all_routes)
+
+    def _mark_cut_short(self, txn: Transaction, routes: Tuple[Route, ...]) -> None:
+        commit_lsn = txn.commit_lsn
+        if any(commit_lsn <= route.since_lsn or not route.active for route in routes):
+            txn.cut_short = True
 
     def change_plainly(
         self, txn: Transaction, operation: Operation, table: TableName, lsn: int,

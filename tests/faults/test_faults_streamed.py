@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from flash_wal import Client, Listener, Operation
 
-from tests.support.database import Database
+from tests.support.database import Database, confirmed_flush, wait_for_status_updates
 from tests.support.processes import ConsumerProcess
 from tests.support.waiting import wait_for
 from tests.support.consumer import RecordFile
@@ -31,22 +31,6 @@ LARGE_ROWS = 3000
 def needs_streaming(server_version):
     if server_version < 140000:
         pytest.skip("streaming of in-progress transactions needs PostgreSQL 14")
-
-
-def confirmed_flush(db, slot):
-    return db.fetchone(
-        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    )[0]
-
-
-def wait_for_status_updates(db, slot, count=2):
-    """Wait for ``count`` status updates from the client: it had its chances to confirm."""
-    for _ in range(count):
-        now = db.fetchone("SELECT clock_timestamp()")[0]
-        wait_for(lambda: db.fetchone(
-            "SELECT r.reply_time > %s FROM pg_stat_replication r JOIN pg_replication_slots s"
-            " ON s.active_pid = r.pid WHERE s.slot_name = %s", (now, slot)) == (True,),
-            what="a standby status update")
 
 
 def insert_rows(db, table, first, count, width=10):

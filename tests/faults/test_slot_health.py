@@ -57,7 +57,8 @@ def test_publication_dropped_with_changes_meanwhile_stops_the_client(make_client
     with client:
         insert(db, table, "before")
         recorder.wait(1)
-        acked = client.stats()["last_acked_lsn"]
+        # Acknowledged once its callback has returned, a moment after the recorder saw it.
+        acked = wait_for(lambda: client.stats()["last_acked_lsn"], what="the first transaction acknowledged")
         db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
         insert(db, table, "skipped by the server")
         with pytest.raises(ReplicationError, match="publication"):

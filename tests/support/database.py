@@ -6,7 +6,7 @@ import psycopg2
 
 from .waiting import wait_for
 
-__all__ = ["Database", "SECRET", "confirmed_flush"]
+__all__ = ["Database", "SECRET", "confirmed_flush", "wait_for_status_updates"]
 
 SECRET = "s3cr3t-Pw"
 
@@ -64,3 +64,16 @@ def confirmed_flush(db: Database, slot: str) -> int:
         "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,))
     assert row is not None, f"no slot {slot}"
     return int(row[0])
+
+
+def wait_for_status_updates(db: Database, slot: str, count: int = 2) -> None:
+    """Wait for ``count`` status updates from the slot's client: it had its chances to
+    confirm what it was going to confirm."""
+    for _ in range(count):
+        row = db.fetchone("SELECT clock_timestamp()")
+        assert row is not None
+        now = row[0]
+        wait_for(lambda: db.fetchone(
+            "SELECT r.reply_time > %s FROM pg_stat_replication r JOIN pg_replication_slots s"
+            " ON s.active_pid = r.pid WHERE s.slot_name = %s", (now, slot)) == (True,),
+            what="a standby status update")

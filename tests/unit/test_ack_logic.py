@@ -122,6 +122,25 @@ def test_an_abandoned_transaction_is_never_acknowledged_and_holds_nothing_back()
     dispatcher.close()
 
 
+def test_the_transaction_after_an_abandoned_one_waits_for_its_own_callbacks():
+    # The abandoned transaction's last batch was still being filled (no flush before
+    # abandon): the next transaction's event must not join that batch, or it would have
+    # nothing pending of its own and be acknowledged before its callback ran.
+    gate = Gate(2)
+    dispatcher = dispatcher_with(gate)
+    lost = dispatcher.begin(100, 1, NOW)
+    insert(dispatcher, lost, 1, 90)
+    dispatcher.abandon(lost)
+    after = dispatcher.begin(200, 2, NOW)
+    insert(dispatcher, after, 2, 190)
+    dispatcher.commit(after, 210)
+    wait_for(lambda: 2 in gate.entered, what="the next transaction's callback to block")
+    assert dispatcher.acked_lsn == 0
+    gate.release(2)
+    wait_for(lambda: dispatcher.acked_lsn == 210, what="the next transaction acknowledged once done")
+    dispatcher.close()
+
+
 def test_events_dropped_by_close_keep_their_transaction_unacknowledged():
     gate = Gate(1)
     dispatcher = dispatcher_with(gate)

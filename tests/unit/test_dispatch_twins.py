@@ -1,6 +1,9 @@
 """The dispatcher's spelled-out change() gives exactly what its plain twin gives, keys
 and key changes included; and what a key change gives."""
 
+import decimal
+import enum
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +96,53 @@ def test_without_a_relation_the_configured_key_still_holds():
              {"operations": Operation.INSERT, "fields": [], "conditions": [], "primary_key": ()}]
     seen, _ = deliveries(specs, [(None, [(Operation.INSERT, None, {"id": 3, "a": 2, "b": "x"})])], plainly=False)
     assert [(number, event.key) for number, event in seen] == [(0, (2, 3)), (1, None)]
+
+
+# Many listeners with equality conditions on one column, as a multi-tenant application
+# has: the index of routes must reach exactly the listeners the plain twin does. The
+# values mix NULL, numbers that are equal across types (1, 1.0, Decimal 1, True), an
+# IntEnum (a subclass the index does not trust), a value equal to 1 with another
+# hash, an unhashable list and a quiet NaN.
+class Tier(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+
+
+class LooselyOne:
+    """Equal to 1 but hashed otherwise: a type whose values the index must not trust."""
+
+    def __eq__(self, other):
+        return other == 1
+
+    def __hash__(self):
+        return 12345
+
+
+TENANT_VALUES = [None, 0, 1, 2, 3, 1.0, decimal.Decimal(1), True, Tier.TWO, [1], float("nan"), "1", LooselyOne()]
+TENANT_ROW = st.fixed_dictionaries({
+    "id": st.integers(1, 3), "a": st.sampled_from(TENANT_VALUES), "b": st.sampled_from(["x", "y"]),
+})
+TENANT_CHANGE = st.one_of(
+    st.tuples(st.just(Operation.INSERT), st.none(), TENANT_ROW),
+    st.tuples(st.just(Operation.UPDATE), st.one_of(st.none(), TENANT_ROW), TENANT_ROW),
+    st.tuples(st.just(Operation.DELETE), TENANT_ROW, st.none()),
+)
+TENANT_LISTENER = st.fixed_dictionaries({
+    "operations": OPERATIONS,
+    "fields": st.lists(st.sampled_from(COLUMNS), unique=True, max_size=1),
+    "conditions": st.one_of(
+        st.lists(st.builds(Condition, st.just("a"), st.sampled_from(TENANT_VALUES)), min_size=1, max_size=1),
+        st.tuples(st.builds(Condition, st.just("b"), st.sampled_from(["x", "y"])),
+                  st.builds(Condition, st.just("a"), st.sampled_from(TENANT_VALUES))).map(list),
+        st.lists(st.builds(Condition, st.just("b"), st.sampled_from([None, "x"])), max_size=1),
+    ),
+    "primary_key": KEYS,
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(listeners=st.lists(TENANT_LISTENER, min_size=1, max_size=40),
+       transactions=st.lists(st.tuples(st.one_of(st.none(), KEYS), st.lists(TENANT_CHANGE, max_size=6)),
+                             min_size=1, max_size=3))
+def test_many_listeners_on_one_column_get_what_the_plain_twin_gives(listeners, transactions):
+    assert deliveries(listeners, transactions, plainly=False) == deliveries(listeners, transactions, plainly=True)

@@ -1,4 +1,4 @@
-"""From parsed pgoutput messages to dispatcher calls, across sessions (no I/O).
+"""From parsed pgoutput messages to Sink calls, across sessions (no I/O).
 
 One :class:`ChangeTranslator` serves every session of a replication thread, so what a
 lost connection interrupted can be finished exactly once:
