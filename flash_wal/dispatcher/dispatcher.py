@@ -15,7 +15,7 @@ transactions in commit order only.
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..drivers.base import Sink
 from ..events import Event, MessageEvent, TruncateEvent
@@ -83,6 +83,13 @@ class Dispatcher(Sink):
                 del routes[listener.table]
             self._by_listener, self._routes = by_listener, routes
         route.workers.close()
+
+    def conditions_typed(self, listeners: Sequence[Listener]) -> None:
+        with self._lock:
+            for listener in listeners:
+                route = self._by_listener.get(listener)
+                if route is not None:
+                    route.use_conditions(listener.conditions)
 
     def on_message(self, prefix: str, callback: Callable[[Any], Any]) -> None:
         """Call ``callback`` for every logical decoding message whose prefix starts with ``prefix``."""

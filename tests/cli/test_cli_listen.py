@@ -225,7 +225,7 @@ def test_durable_runs_resume_where_the_last_one_stopped(listen, make_table, db, 
 @pytest.mark.parametrize("args, status, message", [
     (["--table", "a b"], 2, "flash-wal listen: error: argument -t/--table: cannot parse table name 'a b'"),
     ([], 2, "flash-wal listen: error: the following arguments are required: -t/--table"),
-    (["--table", "{table}", "--where", "status"], 2, "argument --where: expected COLUMN=VALUE, got 'status'"),
+    (["--table", "{table}", "--where", "status"], 2, "argument --where: expected COLUMN=VALUE (or !=, <>, <, <=, >, >=; or 'COLUMN in (A,B)', 'COLUMN not in (A,B)'), got 'status'"),
     (["--table", "{table}", "--ops", "upsert"], 2, "argument --ops: unknown operation 'upsert'"),
     (["--table", "{table}", "--max-events", "0"], 2, "argument -n/--max-events: expected a whole number >= 1"),
     (["--table", "no_such_table"], 1, "flash-wal: error: table public.no_such_table does not exist"),
