@@ -23,7 +23,7 @@ from .options import (
     EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
 )
 
-__all__ = ["cmd_listen", "add_listen_parser", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
+__all__ = ["cmd_listen", "add_listen_parser", "parse_where", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
 
 #: Seconds close() gives callbacks still writing lines when ``listen`` stops. A line
 #: takes microseconds to write; events held back (see JsonLines) keep the exit
@@ -182,14 +182,14 @@ _MEMBERSHIP = re.compile(r"\s*(?P<column>[^=!<>\s]+)\s+(?P<op>not\s+in|in)\s*\((
 _WHERE_USAGE = "COLUMN=VALUE (or !=, <>, <, <=, >, >=; or 'COLUMN in (A,B)', 'COLUMN not in (A,B)')"
 
 
-def _where_argument(text: str) -> Condition:
+def parse_where(text: str) -> Condition:
     """``COLUMN<op>VALUE`` or ``COLUMN [not] in (A,B,...)``, as a Condition whose
     values are texts (see :func:`_listen_conditions`). Spaces around the column, the
     operator and each value are dropped; a value holding a comma is quoted as in CSV:
     ``tag in ("a,b", c)``."""
     membership = _MEMBERSHIP.fullmatch(text)
     if membership is not None:
-        values = [value.strip() for value in next(csv.reader([membership["values"]]), [])]
+        values = [value.strip() for value in next(csv.reader([membership["values"]], skipinitialspace=True), [])]
         if not values:
             raise argparse.ArgumentTypeError(f"{text!r} lists no value between its parentheses")
         op = "in" if membership["op"].lower() == "in" else "not_in"
@@ -243,7 +243,7 @@ def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
               "changes none of them prints nothing"),
     )
     parser.add_argument(
-        "--where", action="append", type=_where_argument, default=[], metavar="CONDITION",
+        "--where", action="append", type=parse_where, default=[], metavar="CONDITION",
         help=("print only rows for which CONDITION holds: COLUMN=VALUE, COLUMN!=VALUE (or <>), "
               "COLUMN<VALUE, <=, >, >=, 'COLUMN in (A,B)', 'COLUMN not in (A,B)'; values are "
               "read as the column's type: published=true, 'price>=9.5', day=2025-01-31, "
