@@ -15,7 +15,10 @@ is refused when the client starts (see the driver); here, a comparison that rais
 anyway counts as not holding.
 """
 
+import datetime
 import decimal
+import operator
+import uuid
 from typing import Any, Callable, Collection, FrozenSet, Mapping, Tuple, Union
 
 import attr
@@ -115,15 +118,32 @@ def _bind(column: str, op: str, value: Any, values: Collection[Any]) -> Test:
     if is_nan(value):
         return _bind_nan(column, op)
     if op == "eq":
-        if is_number(value):  # the one case where == needs no guard: NaN == x is False
+        if isinstance(value, _PLAIN_TYPES):  # == between these and row values never raises
             return lambda row: row.get(column) == value
         return lambda row: _safe_eq(row.get(column), value)
     if op == "neq":
+        if isinstance(value, _PLAIN_TYPES):
+            def plain_neq(row: Row) -> bool:
+                actual = row.get(column)
+                return actual is not None and actual != value
+            return plain_neq
+
         def neq(row: Row) -> bool:
             actual = row.get(column)
             return actual is not None and not _safe_eq(actual, value)
         return neq
-    return _bind_order(column, op, value)
+    return _bind_order(column, _ORDER[op], value, nan_result=op in ("gt", "gte"))
+
+
+#: Value types whose ``==`` with any decoded row value returns a bool and never raises
+#: (a quiet Decimal NaN compares unequal without signalling).
+_PLAIN_TYPES = (
+    bool, int, float, decimal.Decimal, str, bytes, datetime.date, datetime.time, datetime.timedelta,
+    uuid.UUID, dict, list, tuple,
+)
+_ORDER: Mapping[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge,
+}
 
 
 def _safe_eq(actual: Any, value: Any) -> bool:
@@ -150,27 +170,28 @@ def _bind_nan(column: str, op: str) -> Test:
     return tests[op]
 
 
-def _bind_order(column: str, op: str, value: Any) -> Test:
-    numeric = is_number(value)
-    if op == "lt":
-        def test(actual: Any) -> bool:
-            return bool(actual < value) if not (numeric and actual != actual) else False
-    elif op == "lte":
-        def test(actual: Any) -> bool:
-            return bool(actual <= value) if not (numeric and actual != actual) else False
-    elif op == "gt":
-        def test(actual: Any) -> bool:
-            return bool(actual > value) if not (numeric and actual != actual) else True
-    else:
-        def test(actual: Any) -> bool:
-            return bool(actual >= value) if not (numeric and actual != actual) else True
+def _bind_order(column: str, compare: Callable[[Any, Any], bool], value: Any, nan_result: bool) -> Test:
+    """``compare(actual, value)``; against a number, a NaN row value is greater (so
+    ``nan_result`` is what gt and gte say), where Python says False or raises."""
+    if is_number(value):
+        def holds_number(row: Row) -> bool:
+            actual = row.get(column)
+            if actual is None:
+                return False
+            if actual != actual:
+                return nan_result
+            try:
+                return compare(actual, value)
+            except _COMPARISON_ERRORS:
+                return False
+        return holds_number
 
     def holds(row: Row) -> bool:
         actual = row.get(column)
         if actual is None:
             return False
         try:
-            return test(actual)
+            return compare(actual, value)
         except _COMPARISON_ERRORS:
             return False
     return holds
@@ -182,22 +203,31 @@ def _bind_set(column: str, inside: bool, values: Collection[Any]) -> Test:
     listed = tuple(values)
 
     def member(actual: Any) -> bool:
-        if with_nan and is_nan(actual):
-            return True
         try:
             return actual in values
         except TypeError:  # an unhashable value (json, array) against a frozenset
             return any(_safe_eq(actual, v) for v in listed)
 
     if inside:
+        if with_nan:
+            def holds_in_with_nan(row: Row) -> bool:
+                actual = row.get(column)
+                if actual is None:
+                    return with_null
+                return is_nan(actual) or member(actual)
+            return holds_in_with_nan
+
         def holds_in(row: Row) -> bool:
             actual = row.get(column)
             if actual is None:
                 return with_null
-            return member(actual)
+            try:
+                return actual in values
+            except TypeError:
+                return any(_safe_eq(actual, v) for v in listed)
         return holds_in
 
     def holds_not_in(row: Row) -> bool:
         actual = row.get(column)
-        return actual is not None and not member(actual)
+        return actual is not None and not ((with_nan and is_nan(actual)) or member(actual))
     return holds_not_in
