@@ -179,6 +179,23 @@ def test_values_are_typed_once_at_start_and_attach(make_client, make_table, db):
         assert before.value.tzinfo is not None and inside.value == ({"a": 1}, [1])
 
 
+def test_a_str_for_a_text_column_is_compared_as_given(make_client, make_table, db):
+    table = make_table("id int PRIMARY KEY, code varchar(3), label text")
+    shorter, recorder = Listener(table=table, conditions=[Condition("code", "abcd", op="lt"),
+                                                          Condition("label", " x ", op="neq")]), Recorder()
+    shorter.on(Operation.INSERT, recorder)
+    never = Listener(table=table, conditions=[Condition("code", "abcd")])  # no error, as in SQL
+    never.on(Operation.INSERT, recorder)
+    client = make_client()
+    client.attach(shorter, never)
+    with client:
+        assert shorter.conditions == shorter.config.conditions and never.conditions == never.config.conditions
+        db.execute(sql.SQL("INSERT INTO {} VALUES (1, 'abc', 'x'), (2, 'abd', 'y'), (3, 'ab', ' x ')").format(
+            sql.Identifier(table)))
+        (event,) = recorder.wait(1)
+    assert event.new["id"] == 1
+
+
 @pytest.mark.parametrize("condition, message", [
     (Condition("n", "many"), 'the server cannot read \'many\' as integer'),
     (Condition("n", {"a": 1}), "on column n (type integer) cannot compare with {'a': 1} (dict)"),

@@ -6,7 +6,8 @@ every event would either raise or silently fail to match. So at ``start()`` and
 
 - reads every ``str`` value with the column's type, on the server (``"10"`` is 10 for
   an int column, ``"2026-01-01"`` a tz-aware datetime for a timestamptz column), then
-  decodes it as rows are decoded; the text of a json column is JSON;
+  decodes it as rows are decoded; the text of a json column is JSON; a str for a
+  text or varchar column is kept as given;
 - checks that every other value is of a Python type that compares with the column's
   values the way PostgreSQL compares them, and that ordering operators (lt, lte, gt,
   gte) are used only on types whose order flash_wal reproduces.
@@ -83,6 +84,10 @@ _ORDERED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "bytea": (_of(bytes), "bytes"),
 }
 _JSON_VALUE = (dict, list, str, int, float, bool)
+#: Text types whose values events carry as the server stores them: a str compares as
+#: given, as a SQL literal would (``'abcd'`` against a ``varchar(3)`` is no error in
+#: SQL). ``char(n)`` is read by the server, which pads it as events carry it.
+_TEXT_AS_GIVEN = frozenset({"text", "varchar", "name"})
 
 
 def column_types(cursor: Any, info: TableInfo, columns: Iterable[str]) -> Dict[str, ColumnType]:
@@ -182,7 +187,8 @@ def type_conditions(cursor: Any, info: TableInfo, listeners: Sequence[Listener])
     types = column_types(cursor, info, (c.column for l in wanted for c in l.config.conditions))
     texts = sorted({
         (c.column, value) for l in wanted for c in l.config.conditions
-        for value in _values_of(c) if isinstance(value, str)
+        for value in _values_of(c)
+        if isinstance(value, str) and c.column in types and types[c.column].base not in _TEXT_AS_GIVEN
     })
     read = dict(zip(texts, _read_or_blame(cursor, info, types, texts, wanted)))
     typed = {}
