@@ -174,9 +174,16 @@ def test_values_are_typed_once_at_start_and_attach(make_client, make_table, db):
         assert early.conditions == (Condition("n", 10, op="gte"), Condition("code", "ab "))
         late = Listener(table=table, conditions=[Condition("at", "2026-01-01", op="lt"),
                                                  Condition("meta", ['{"a": 1}', "[1]"], op="in")])
+        recorder = Recorder()
+        late.on(Operation.INSERT, recorder)
         client.attach(late)
         (before, inside) = late.conditions
         assert before.value.tzinfo is not None and inside.value == ({"a": 1}, [1])
+        db.execute(sql.SQL("INSERT INTO {} (id, at, meta) VALUES (1, '2025-12-31 23:00-02', '[1]'),"
+                           " (2, '2025-12-31 23:00+00', '[1]'), (3, '2025-12-31', %s)").format(
+            sql.Identifier(table)), ('{"a": 2}',))
+        (event,) = recorder.wait(1)  # 1 is 2026-01-01 01:00 UTC; 3 has other JSON
+        assert event.new["id"] == 2
 
 
 def test_a_str_for_a_text_column_is_compared_as_given(make_client, make_table, db):
