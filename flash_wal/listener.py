@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Typ
 
 import attr
 
+from .conditions import Condition
 from .errors import ConfigurationError
 from .operations import Operation
 from .table_name import TableName, parse_table_name
@@ -23,20 +24,6 @@ F = TypeVar("F", bound=Callback)
 #: Worker threads of a ``max_parallel=-1`` listener at most: a thread per waiting task
 #: would grow without bound under a burst of slow callbacks.
 UNBOUNDED_WORKERS = 32
-
-
-@attr.s(frozen=True, slots=True)
-class Condition:
-    """``column`` equals ``value``; ``value=None`` means the column IS NULL."""
-
-    column: str = attr.ib(validator=instance_of(str))
-    value: Any = attr.ib(default=None)
-
-    def holds(self, row: Dict[str, Any]) -> bool:
-        actual = row.get(self.column)
-        if self.value is None:
-            return actual is None
-        return actual is not None and actual == self.value
 
 
 def _to_tuple(items: Optional[Iterable[Any]]) -> Tuple[Any, ...]:
@@ -66,7 +53,7 @@ def _check_conditions(_instance: Any, _attribute: Any, value: Tuple[Any, ...]) -
     for condition in value:
         if not isinstance(condition, Condition):
             raise ConfigurationError(
-                f"conditions must be Condition(column, value) objects, got {condition!r}"
+                f"conditions must be Condition(column, value, op) objects, got {condition!r}"
             )
 
 
@@ -82,9 +69,10 @@ class ListenerConfig:
     fields: Tuple[str, ...] = attr.ib(
         default=(), converter=_to_tuple, validator=_check_column_names, metadata={"shown_default": "``()`` (all)"}
     )
-    #: ``Condition(column, value)`` objects, all of which must hold (``value`` None
-    #: means IS NULL). On UPDATE, a row that starts to match arrives as an
-    #: ``InsertEvent``, one that stops matching as a ``DeleteEvent``.
+    #: ``Condition(column, value, op)`` objects, all of which must hold (``op`` eq,
+    #: neq, lt, lte, gt, gte, in or not_in; ``eq None`` means IS NULL). On UPDATE, a
+    #: row that starts to match arrives as an ``InsertEvent``, one that stops matching
+    #: as a ``DeleteEvent``.
     conditions: Tuple[Condition, ...] = attr.ib(
         default=(), converter=_to_tuple, validator=_check_conditions, metadata={"shown_default": "``()`` (none)"}
     )
@@ -156,6 +144,10 @@ class Listener:
         self._by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
         self._operations = Operation(0)
         self.running_calls = RunningCalls()  # kept by the dispatcher's workers
+        #: The conditions in force: ``config.conditions`` with their values typed as
+        #: their columns by the driver at ``start()`` or ``attach`` (``"10"`` for an
+        #: int column becomes 10), which the dispatcher's route of this listener checks.
+        self.conditions: Tuple[Condition, ...] = config.conditions
 
     @property
     def table(self) -> TableName:

@@ -1,15 +1,17 @@
 """``flash-wal listen``: the changes of tables as JSON lines on standard output."""
 
 import argparse
+import csv
 import os
+import re
 import select
 import signal
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 from ..client import Client, ClientConfig
-from ..drivers.wal_logical import Driver, DriverConfig, catalog
+from ..drivers.wal_logical import Driver, DriverConfig
 from ..errors import ConfigurationError, FlashError
 from ..event_json import event_to_json
 from ..events import Event
@@ -19,10 +21,9 @@ from ..operations import Operation
 from ..table_name import TableName, parse_table_name
 from .options import (
     EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
-    server_cursor,
 )
 
-__all__ = ["cmd_listen", "add_listen_parser", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
+__all__ = ["cmd_listen", "add_listen_parser", "parse_where", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
 
 #: Seconds close() gives callbacks still writing lines when ``listen`` stops. A line
 #: takes microseconds to write; events held back (see JsonLines) keep the exit
@@ -107,7 +108,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     tables: Dict[TableName, str] = {}  # the text given for each table; a table named twice once
     for text in args.table:
         tables.setdefault(parse_table_name(text), text)
-    conditions = _listen_conditions(args, list(tables))
+    conditions = _listen_conditions(args)
     output = JsonLines(sys.stdout.fileno(), args.max_events, hold_back=args.durable)
     client = Client(ClientConfig(
         database_cnx=args.dsn or _FROM_ENVIRONMENT,
@@ -117,7 +118,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         shutdown_timeout=LISTEN_SHUTDOWN_TIMEOUT,
     ))
     for table, text in tables.items():
-        listener = Listener(ListenerConfig(table=text, fields=args.fields, conditions=conditions[table]))
+        listener = Listener(ListenerConfig(table=text, fields=args.fields, conditions=conditions))
         listener.on(args.ops, output)
         client.attach(listener)
     try:
@@ -138,25 +139,18 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK  # SIGTERM or --max-events
 
 
-def _listen_conditions(args: argparse.Namespace, tables: Sequence[TableName]) -> Dict[TableName, List[Condition]]:
-    """The Conditions of --where and --where-null, for each table.
+def _listen_conditions(args: argparse.Namespace) -> List[Condition]:
+    """The Conditions of --where, --where-null and --where-not-null.
 
-    A --where value is read as a value of its column's type by the server, so that
-    ``published=true`` means True for a boolean and ``'true'`` for a text column.
+    Their values stay texts: the driver has the server read each as a value of its
+    column's type when the client starts, so that ``published=true`` means True for a
+    boolean and ``'true'`` for a text column.
     """
-    nulls = [Condition(column, None) for column in args.where_null]
-    texts = dict(args.where)
-    if len(texts) != len(args.where):
-        raise ConfigurationError("--where names a column twice; a row cannot equal two values")
-    if not texts:
-        return {table: nulls for table in tables}
-    with server_cursor(args.dsn) as cursor:
-        infos = catalog.describe_tables(cursor, tables)
-        return {
-            table: [Condition(column, value)
-                    for column, value in catalog.column_values(cursor, infos[table], texts).items()] + nulls
-            for table in tables
-        }
+    return (
+        list(args.where)
+        + [Condition(column, None) for column in args.where_null]
+        + [Condition(column, None, op="neq") for column in args.where_not_null]
+    )
 
 
 def _table_argument(text: str) -> str:
@@ -181,13 +175,31 @@ def _columns_argument(text: str) -> List[str]:
     return columns
 
 
-def _where_argument(text: str) -> Tuple[str, str]:
-    column, equals, value = text.partition("=")
-    if not equals or not column.strip():
+#: --where's operators, the longest first so that ``<=`` is not read as ``<``.
+WHERE_OPERATORS = {"<=": "lte", ">=": "gte", "!=": "neq", "<>": "neq", "=": "eq", "<": "lt", ">": "gt"}
+_COMPARISON = re.compile(r"\s*(?P<column>[^=!<>]*?)\s*(?P<op><=|>=|!=|<>|=|<|>)(?P<value>.*)", re.DOTALL)
+_MEMBERSHIP = re.compile(r"\s*(?P<column>[^=!<>\s]+)\s+(?P<op>not\s+in|in)\s*\((?P<values>.*)\)\s*", re.IGNORECASE | re.DOTALL)
+_WHERE_USAGE = "COLUMN=VALUE (or !=, <>, <, <=, >, >=; or 'COLUMN in (A,B)', 'COLUMN not in (A,B)')"
+
+
+def parse_where(text: str) -> Condition:
+    """``COLUMN<op>VALUE`` or ``COLUMN [not] in (A,B,...)``, as a Condition whose
+    values are texts (see :func:`_listen_conditions`). Spaces around the column, the
+    operator and each value are dropped; a value holding a comma is quoted as in CSV:
+    ``tag in ("a,b", c)``."""
+    membership = _MEMBERSHIP.fullmatch(text)
+    if membership is not None:
+        values = [value.strip() for value in next(csv.reader([membership["values"]], skipinitialspace=True), [])]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} lists no value between its parentheses")
+        op = "in" if membership["op"].lower() == "in" else "not_in"
+        return Condition(membership["column"], values, op=op)
+    comparison = _COMPARISON.fullmatch(text)
+    if comparison is None or not comparison["column"]:
         raise argparse.ArgumentTypeError(
-            f"expected COLUMN=VALUE, got {text!r} (for IS NULL, use --where-null COLUMN)"
+            f"expected {_WHERE_USAGE}, got {text!r} (for IS NULL, use --where-null COLUMN)"
         )
-    return column.strip(), value
+    return Condition(comparison["column"], comparison["value"].strip(), op=WHERE_OPERATORS[comparison["op"]])
 
 
 def _count_argument(text: str) -> int:
@@ -204,7 +216,7 @@ def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
             "Print every committed change of the tables as one JSON object per line on "
             "standard output (table, op, lsn, commit_lsn, xid, commit_time, and new/old "
             "rows or the TRUNCATE flags), until Ctrl-C or SIGTERM, or --max-events. "
-            "--fields, --where and --where-null apply to every --table. Lines of one "
+            "--fields and the --where options apply to every --table. Lines of one "
             "table come in commit order; lines of different tables have no order "
             "between them. A temporary replication slot sees what is committed while "
             "it runs; --durable keeps a slot between runs and resumes where the last "
@@ -231,15 +243,20 @@ def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
               "changes none of them prints nothing"),
     )
     parser.add_argument(
-        "--where", action="append", type=_where_argument, default=[], metavar="COLUMN=VALUE",
-        help=("print only rows whose COLUMN equals VALUE, read as the column's type: "
-              "published=true, id=42, day=2025-01-31, meta={\"a\":1} for json; repeat for "
-              "several, all must hold; an update that makes a row match prints as an "
-              "INSERT, one that makes it stop matching as a DELETE"),
+        "--where", action="append", type=parse_where, default=[], metavar="CONDITION",
+        help=("print only rows for which CONDITION holds: COLUMN=VALUE, COLUMN!=VALUE (or <>), "
+              "COLUMN<VALUE, <=, >, >=, 'COLUMN in (A,B)', 'COLUMN not in (A,B)'; values are "
+              "read as the column's type: published=true, 'price>=9.5', day=2025-01-31, "
+              "meta={\"a\":1} for json; repeat for several, all must hold; an update that "
+              "makes a row match prints as an INSERT, one that makes it stop matching as a DELETE"),
     )
     parser.add_argument(
         "--where-null", action="append", default=[], metavar="COLUMN",
         help="print only rows whose COLUMN IS NULL; repeatable",
+    )
+    parser.add_argument(
+        "--where-not-null", action="append", default=[], metavar="COLUMN",
+        help="print only rows whose COLUMN IS NOT NULL; repeatable",
     )
     parser.add_argument(
         "-n", "--max-events", type=_count_argument, default=None, metavar="N",

@@ -103,6 +103,18 @@ class Dispatcher(Sink):
         self._indexed = indexed
         self._by_listener, self._routes = by_listener, routes
 
+    def conditions_typed(self, listeners: Sequence[Listener]) -> None:
+        with self._lock:
+            tables = set()
+            for listener in listeners:
+                route = self._by_listener.get(listener)
+                if route is not None:
+                    route.use_conditions(listener.conditions)
+                    tables.add(listener.table)
+            # The index holds the values the routes check: built again from the typed ones.
+            for table in tables:
+                self._replace_routes(dict(self._by_listener), dict(self._routes), table)
+
     def on_message(self, prefix: str, callback: Callable[[Any], Any]) -> None:
         """Call ``callback`` for every logical decoding message whose prefix starts with ``prefix``."""
         with self._lock:

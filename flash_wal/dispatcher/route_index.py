@@ -58,6 +58,8 @@ def index_values(condition: Any) -> Optional[Tuple[Any, ...]]:
             hash(value)  # a signalling Decimal NaN cannot be hashed
         except TypeError:
             return None
+        if value != value:
+            return None  # NaN equals NaN for a Condition, never for a dict's keys
     return values
 
 

@@ -6,6 +6,7 @@ import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..events import Event, MessageEvent, build_delete, build_insert, build_update, format_lsn
+from ..conditions import Condition
 from ..listener import Listener, RunningCalls
 from ..operations import Operation
 from .acknowledgement import Transaction
@@ -30,7 +31,7 @@ class Route:
         self.table_text = str(listener.table)  # the events' table, formatted once
         config = listener.config
         self.fields = config.fields
-        self.conditions = config.conditions
+        self.use_conditions(listener.conditions)
         self.plain = not config.fields and not config.conditions
         self.since_lsn = since_lsn
         self.batch_size = BATCH_SIZE if config.max_parallel == 1 else 1
@@ -75,8 +76,19 @@ class Route:
     def callbacks_for(self, event: Event) -> Tuple[Callable[[Any], Any], ...]:
         return self.listener.callbacks_for(event.operation)
 
+    def use_conditions(self, conditions: Tuple[Condition, ...]) -> None:
+        """Check these conditions from now on (the listener's, once the driver typed
+        their values)."""
+        self.conditions = conditions
+        self._tests = tuple(condition.holds for condition in conditions)
+
     def matches(self, row: Optional[Dict[str, Any]]) -> bool:
-        return row is not None and all(condition.holds(row) for condition in self.conditions)
+        if row is None:
+            return False
+        for holds in self._tests:
+            if not holds(row):
+                return False
+        return True
 
     def project(self, row: Dict[str, Any]) -> Dict[str, Any]:
         if not self.fields:

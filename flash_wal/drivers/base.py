@@ -96,6 +96,11 @@ class Sink(abc.ABC):
     #: Called, from any thread and without blocking, whenever acked_lsn moves.
     on_acknowledged: Optional[Callable[[], None]]
 
+    def conditions_typed(self, listeners: Sequence[Listener]) -> None:
+        """The driver has typed these listeners' ``conditions`` (see
+        :attr:`flash_wal.Listener.conditions`): check them from now on. Called before
+        any change for them is written."""
+
 
 class Driver(abc.ABC):
     """A source of row changes for a :class:`~flash_wal.Client`."""

@@ -14,6 +14,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal.cli import main
+from flash_wal.cli.listen import parse_where
 
 from tests.support.processes import ROOT
 from tests.support.waiting import wait_for
@@ -154,6 +155,57 @@ def test_where_fields_and_ops_choose_the_rows_and_columns(listen, make_table, db
     ]
 
 
+def test_where_operators_are_typed_by_the_server(listen, make_table, db):
+    table = make_table("id int PRIMARY KEY, price numeric(10,2), status text, at timestamptz, note text")
+    command = listen("--table", table, "--ops", "insert,update", "--fields", "id",
+                     "--where", "price >= 9.5", "--where", 'status in (live, "on, hold")',
+                     "--where", "id!=3", "--where", "at<2030-01-01T00:00Z", "--where", "status not in (gone)",
+                     "--where-not-null", "note", "--max-events", "3")
+    run_sql(db, "INSERT INTO {} VALUES"
+                " (1, 9.50, 'live', '2026-01-01', 'n'),"      # matches
+                " (2, 9.49, 'live', '2026-01-01', 'n'),"      # price too low
+                " (3, 10, 'live', '2026-01-01', 'n'),"        # id 3
+                " (4, 10, 'on, hold', '2026-01-01', 'n'),"    # matches: a quoted value with a comma
+                " (5, 10, 'gone', '2026-01-01', 'n'),"        # status not listed
+                " (6, 10, 'live', '2031-01-01', 'n'),"        # too late
+                " (7, 10, 'live', '2026-01-01', NULL)", table)  # note IS NULL
+    run_sql(db, "UPDATE {} SET price = 9.5 WHERE id = 2", table)  # enters: an INSERT
+    assert command.wait_exit() == 0  # --max-events 3
+    events = [json.loads(line) for line in command.lines]
+    assert [(e["op"], e["new"]) for e in events] == [
+        ("INSERT", {"id": 1}), ("INSERT", {"id": 4}), ("INSERT", {"id": 2}),
+    ]
+
+
+@pytest.mark.parametrize("text, column, op, value", [
+    ("status=live", "status", "eq", "live"),
+    ("title= a b ", "title", "eq", "a b"),
+    ("n=", "n", "eq", ""),
+    ("expr=a=b", "expr", "eq", "a=b"),
+    ("price>=10", "price", "gte", "10"),
+    ("price <= 10", "price", "lte", "10"),
+    ("price>10", "price", "gt", "10"),
+    ("price<10", "price", "lt", "10"),
+    ("id!=3", "id", "neq", "3"),
+    ("id<>3", "id", "neq", "3"),
+    ("meta={\"a\": 1}", "meta", "eq", '{"a": 1}'),
+    ("status in (a,b)", "status", "in", ("a", "b")),
+    ("status IN ( a , b )", "status", "in", ("a", "b")),
+    ('tag in ("x, y", z)', "tag", "in", ("x, y", "z")),
+    ("status not in (gone)", "status", "not_in", ("gone",)),
+    ("status NOT  IN(gone,lost)", "status", "not_in", ("gone", "lost")),
+])
+def test_where_syntax(text, column, op, value):
+    condition = parse_where(text)
+    assert (condition.column, condition.op, condition.value) == (column, op, value)
+
+
+@pytest.mark.parametrize("text", ["status", "=3", "<3", "status in ()", "status in a,b"])
+def test_where_that_cannot_be_parsed_is_a_usage_error(text, capsys):
+    assert main(["listen", "--table", "posts", "--where", text]) == 2
+    assert "argument --where:" in capsys.readouterr().err
+
+
 def test_several_tables_in_one_run(listen, make_table, db):
     posts, comments = make_table(), make_table()
     command = listen("--table", posts, "-t", f"public.{comments}", "-t", posts)  # posts once
@@ -225,7 +277,7 @@ def test_durable_runs_resume_where_the_last_one_stopped(listen, make_table, db, 
 @pytest.mark.parametrize("args, status, message", [
     (["--table", "a b"], 2, "flash-wal listen: error: argument -t/--table: cannot parse table name 'a b'"),
     ([], 2, "flash-wal listen: error: the following arguments are required: -t/--table"),
-    (["--table", "{table}", "--where", "status"], 2, "argument --where: expected COLUMN=VALUE, got 'status'"),
+    (["--table", "{table}", "--where", "status"], 2, "argument --where: expected COLUMN=VALUE (or !=, <>, <, <=, >, >=; or 'COLUMN in (A,B)', 'COLUMN not in (A,B)'), got 'status'"),
     (["--table", "{table}", "--ops", "upsert"], 2, "argument --ops: unknown operation 'upsert'"),
     (["--table", "{table}", "--max-events", "0"], 2, "argument -n/--max-events: expected a whole number >= 1"),
     (["--table", "no_such_table"], 1, "flash-wal: error: table public.no_such_table does not exist"),

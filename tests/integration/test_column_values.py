@@ -1,4 +1,4 @@
-"""server.column_values: a text read as its column's type equals that column's values
+"""column_types.column_values: a text read as its column's type equals that column's values
 in events, which is how ``flash-wal listen --where COLUMN=VALUE`` compares."""
 
 import re
@@ -7,7 +7,7 @@ import pytest
 from psycopg2 import sql
 
 from flash_wal import Condition, ConfigurationError, Operation
-from flash_wal.drivers.wal_logical import catalog
+from flash_wal.drivers.wal_logical import catalog, column_types
 from flash_wal.table_name import TableName
 
 from tests.support.recorder import Recorder
@@ -62,7 +62,7 @@ def test_a_text_read_as_its_column_equals_the_value_events_carry(typed_table, ma
     cursor = db.conn.cursor()
     info = catalog.describe_tables(cursor, [TableName("public", table)])[TableName("public", table)]
     for column in (1, 2):  # the text as inserted, and the same value written otherwise
-        values = catalog.column_values(cursor, info, {name: case[column] for name, case in CASES.items()})
+        values = column_types.column_values(cursor, info, {name: case[column] for name, case in CASES.items()})
         for name, value in values.items():
             assert value == event.new[name] and type(value) is type(event.new[name]), (name, value)
             assert Condition(name, value).holds(event.new)
@@ -79,5 +79,5 @@ def test_a_text_the_column_cannot_hold_is_a_configuration_error(make_table, db):
         ({"N": "1"}, "has no column 'N' (it has id, n, code, meta); column names are case-sensitive"),
     ):
         with pytest.raises(ConfigurationError, match=re.escape(message)):
-            catalog.column_values(cursor, info, texts)
-    assert catalog.column_values(cursor, info, {}) == {}
+            column_types.column_values(cursor, info, texts)
+    assert column_types.column_values(cursor, info, {}) == {}

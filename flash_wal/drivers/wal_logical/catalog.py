@@ -4,18 +4,16 @@ Every function takes a cursor of an autocommit (non-replication) connection. Nam
 quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 """
 
-import json
 import logging
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from ...decoding import TypeCasters, lookup_types_with
-from ...errors import ConfigurationError, SlotInvalidatedError, one_line
+from ...errors import ConfigurationError, SlotInvalidatedError
 from ...listener import Listener
 from ...table_name import TableName
 from .ownership import PublicationOwner
@@ -132,7 +130,7 @@ def check_listener_columns(listener: Listener, info: TableInfo) -> None:
     unknown = [f for f in config.fields if f not in columns]
     unknown += [c.column for c in config.conditions if c.column not in columns]
     if unknown:
-        raise _no_such_column(info, unknown, "fix the listener's fields or conditions")
+        raise _no_such_column(info, unknown, f"fix the fields or conditions of {listener!r}")
 
 
 def _no_such_column(info: TableInfo, unknown: Sequence[str], fix: str) -> ConfigurationError:
@@ -140,55 +138,6 @@ def _no_such_column(info: TableInfo, unknown: Sequence[str], fix: str) -> Config
         f"table {info.name} has no column {', '.join(repr(u) for u in unknown)} "
         f"(it has {', '.join(info.columns)}); {fix}"
     )
-
-
-def column_values(cursor: Any, info: TableInfo, texts: Mapping[str, str]) -> Dict[str, Any]:
-    """Each text read as a value of its column, the way events would carry it.
-
-    The server reads the text with the column's type (and typmod: ``char(5)`` pads,
-    ``numeric(10,2)`` rounds; a domain checks its constraints), then it is decoded as
-    rows are; so the value compares equal to that column's values in events. The
-    text of a json or jsonb column is JSON. Raises ConfigurationError for a text the
-    type does not accept.
-    """
-    if not texts:
-        return {}
-    cursor.execute(
-        "SELECT attname::text, atttypid::int8, atttypid IN ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype)"
-        " FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attname = ANY(%s) AND attnum > 0"
-        " AND NOT attisdropped",
-        (info.oid, list(texts)),
-    )
-    types = {name: (oid, is_json) for name, oid, is_json in cursor.fetchall()}
-    unknown = [name for name in texts if name not in types]
-    if unknown:
-        raise _no_such_column(info, unknown, "column names are case-sensitive")
-    record = {}
-    for name, text in texts.items():
-        try:
-            record[name] = json.loads(text) if types[name][1] else text
-        except ValueError as exc:
-            raise ConfigurationError(f"column {name} of {info.name} holds JSON, and {text!r} is not JSON ({exc})") from None
-    names = list(texts)
-    # json_populate_record reads each value with its column's exact type and typmod;
-    # format() writes it with the type's output function, as the replication stream
-    # does (a cast to text would strip the padding of char(n)).
-    query = sql.SQL("SELECT {} FROM pg_catalog.json_populate_record(NULL::{}, %s)").format(
-        sql.SQL(", ").join(
-            sql.SQL("CASE WHEN {0} IS NOT NULL THEN pg_catalog.format('%%s', {0}) END").format(sql.Identifier(name))
-            for name in names
-        ),
-        table_identifier(info.name),
-    )
-    try:
-        cursor.execute(query, (json.dumps(record),))
-    except psycopg2.DataError as exc:
-        raise ConfigurationError(
-            f"a value given for a column of {info.name} does not fit the column's type: {one_line(exc)}"
-        ) from None
-    casters = TypeCasters(cursor, lookup_types_with(cursor))
-    row = cursor.fetchone()
-    return {name: casters.caster(types[name][0])(text, cursor) for name, text in zip(names, row)}
 
 
 def table_identifier(table: TableName) -> sql.Composable:

@@ -9,18 +9,19 @@ It composes the parts that do the work: :mod:`.config` (the settings),
 
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import psycopg2
 import psycopg2.errorcodes
 
 from ...connection import connect, mask_dsn
 from ...errors import ConfigurationError, FlashError, SlotInUseError, one_line
+from ...conditions import Condition
 from ...listener import Listener
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, identity, keys, ownership
+from . import catalog, claim, column_types, identity, keys, ownership
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -46,6 +47,8 @@ class Driver(base.Driver):
         self._on_fatal: Optional[Callable[[BaseException], None]] = None
         self.server_version = 0
         self.protocol_version = 0
+        #: The listeners whose conditions are typed: attach types only the new ones.
+        self._typed: Set[Listener] = set()
 
     # --- base.Driver ------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ class Driver(base.Driver):
             if sink.wants_messages and self.server_version < 140000:
                 raise ConfigurationError("on_message needs PostgreSQL 14 or later (pgoutput's messages option)")
             infos = self._describe(cursor, listeners)
+            sink.conditions_typed(listeners)  # before the first change reaches it
             install_trigger = identity.check_replica_identities(
                 cursor, infos.values(), full=config.replica_identity_full, server_version=self.server_version
             )
@@ -280,13 +284,25 @@ class Driver(base.Driver):
             identity.set_replica_identity_full(cursor, infos, self.server_version)
 
     def _describe(self, cursor: Any, listeners: Sequence[Listener]) -> Dict[TableName, catalog.TableInfo]:
+        """The listened tables, once the listeners' columns are checked and the values
+        of new listeners' conditions typed (see :mod:`.column_types`)."""
         infos = catalog.describe_tables(cursor, (listener.table for listener in listeners))
         table_keys = keys.describe_keys(cursor, infos.values())
+        untyped: Dict[TableName, List[Listener]] = {}
         for listener in listeners:
             catalog.check_listener_columns(listener, infos[listener.table])
             keys.check_listener_key(
                 listener, infos[listener.table], table_keys[listener.table], self.config.replica_identity_full
             )
+            if listener not in self._typed:
+                untyped.setdefault(listener.table, []).append(listener)
+        typed: Dict[Listener, Tuple[Condition, ...]] = {}
+        for table, new_listeners in untyped.items():
+            typed.update(column_types.type_conditions(cursor, infos[table], new_listeners))
+        # Only once every listener passed: a failed attach leaves the others as they were.
+        for listener, conditions in typed.items():
+            listener.conditions = conditions
+        self._typed = set(listeners)
         return infos
 
     def _plugin_options(self) -> Dict[str, str]:
