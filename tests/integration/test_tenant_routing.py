@@ -56,3 +56,21 @@ def test_fifty_tenant_listeners_each_get_their_tenants_changes(make_client, make
     for tenant in range(5, TENANTS - 1):
         assert summary(recorders[tenant].events) == inserted[tenant]
     assert all(isinstance(event, InsertEvent) for event in recorders[2].events)
+
+
+def test_tenants_given_as_text_are_routed_by_their_typed_values(make_client, make_table, db):
+    # "7" for an int column is read as 7 by the server at start (and at attach): the
+    # index must hold 7, or the tenant's rows would never reach its listener.
+    table = make_table("id int PRIMARY KEY, tenant_id int, title text")
+    recorders = {tenant: Recorder() for tenant in ("7", "8", "9")}
+    client = make_client()
+    for tenant in ("7", "8"):
+        client.on(table, Operation.INSERT, conditions=[Condition("tenant_id", tenant)])(recorders[tenant])
+    with client:
+        client.on(table, Operation.INSERT, conditions=[Condition("tenant_id", ["9"], op="in")])(recorders["9"])
+        db.execute(sql.SQL("INSERT INTO {} VALUES (1, 7, 'a'), (2, 8, 'b'), (3, 9, 'c'), (4, 1, 'd')").format(
+            sql.Identifier(table)))
+        for tenant in recorders:
+            recorders[tenant].wait(1)
+    assert {tenant: summary(recorder.events) for tenant, recorder in recorders.items()} == {
+        "7": [("InsertEvent", 1)], "8": [("InsertEvent", 2)], "9": [("InsertEvent", 3)]}
