@@ -17,10 +17,11 @@ import psycopg2.errorcodes
 from ...connection import connect, mask_dsn
 from ...errors import ConfigurationError, FlashError, SlotInUseError, one_line
 from ...listener import Listener
+from ...operations import Operation
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, identity, ownership
+from . import catalog, claim, identity, ownership, publications
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -42,7 +43,8 @@ class Driver(base.Driver):
         self._owner = ownership.PublicationOwner(
             prefix=config.publication_slot_prefix, slot=config.replication_slot, durable=config.durable
         )
-        self._watch = PublicationWatch(config.publication_name, self._owner)
+        per_operation = ownership.operation_publication_names(config.publication_slot_prefix, config.replication_slot)
+        self._watch = PublicationWatch({name: op for op, name in per_operation.items()}, self._owner)
         self._on_fatal: Optional[Callable[[BaseException], None]] = None
         self.server_version = 0
         self.protocol_version = 0
@@ -81,29 +83,27 @@ class Driver(base.Driver):
                 cursor, infos.values(), full=config.replica_identity_full, server_version=self.server_version
             )
             slot_existed = claim.claim_slot(cursor, config)
-            current = None
+            current: Dict[str, Optional[Set[TableName]]] = {}
             watch = self._watch
             watch.server_version = self.server_version
             if slot_existed:
-                watch.name, current = claim.resumed_publication(cursor, config)
-            if current is not None:
-                # Resuming: the slot's WAL is decoded with the publication as it was
-                # then, so it is altered, never replaced.
-                catalog.alter_publication(cursor, watch.name, add=set(infos) - current, drop=current - set(infos))
-                catalog.ensure_publication_options(cursor, watch.name, self.server_version)
+                watch.publications, current = claim.resumed_publications(cursor, config)
+            needed = self._needed(cursor, listeners, infos)
+            if any(tables is not None for tables in current.values()):
+                # Resuming: the slot's WAL is decoded with the publications as they were
+                # then, so they are altered, never replaced.
+                self._resume_publications(cursor, current, needed)
             else:
-                ownership.check_publication(cursor, watch.name, config.publication_slot_prefix,
-                                            config.replication_slot)
-                catalog.create_publication(cursor, watch.name, infos, self.server_version, self._owner)
+                self._create_publications(cursor, needed)
                 published = True
             identities_before = identity.replica_identities(cursor, (info.oid for info in infos.values()))
             self._set_identities(cursor, infos.values(), install_trigger)
-            watch.record(cursor, infos)
+            watch.record(cursor, infos, needed)
             self._on_tables_gone = on_tables_gone
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
                 slot=config.replication_slot,
-                publication=watch.name,
+                publications=watch.names,
                 create_slot=None if slot_existed else ("persistent" if config.durable else "temporary"),
                 plugin_options=self._plugin_options(),
                 protocol_version=self.protocol_version,
@@ -119,10 +119,10 @@ class Driver(base.Driver):
             )
             self._thread.start_session(timeout=config.setup_timeout)
             logger.info(
-                "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
+                "streaming from %s: tables %s, %s slot %s, publications %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
                 ("resumed durable" if slot_existed else "durable") if config.durable else "temporary",
-                config.replication_slot, watch.name, self.protocol_version,
+                config.replication_slot, self._publications_shown(), self.protocol_version,
             )
         except BaseException as exc:
             self._clean_up_failed_start(published, drop_slot=not slot_existed, identities=identities_before)
@@ -144,9 +144,11 @@ class Driver(base.Driver):
                     cursor, new_infos, full=self.config.replica_identity_full, server_version=self.server_version
                 )
                 self._set_identities(cursor, new_infos, install_trigger)
-                catalog.alter_publication(cursor, watch.name, add=added, drop=watch.tables - wanted)
-                logger.debug("publication %s now holds %s", watch.name, ", ".join(sorted(map(str, wanted))) or "no table")
-                watch.record(cursor, infos)
+                needed = self._needed(cursor, listeners, infos)
+                watch.move(cursor, needed)
+                logger.debug("published now: %s", ", ".join(
+                    f"{table} ({needed[table]})" for table in sorted(needed, key=str)) or "no table")
+                watch.record(cursor, infos, needed)
                 return catalog.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
@@ -163,29 +165,30 @@ class Driver(base.Driver):
             return drained
         with query.lock:
             if query.lost_slot is not None:
-                logger.info("left slot %s and publication %s to the instance that took the slot",
-                            self.config.replication_slot, self._watch.name)
+                logger.info("left slot %s and publications %s to the instance that took the slot",
+                            self.config.replication_slot, ", ".join(self._watch.names))
             elif query.is_open:
                 try:
                     if not self.config.durable:
                         self._remove_server_objects()
-                        logger.debug("removed publication %s and slot %s", self._watch.name,
+                        logger.debug("removed publications %s and slot %s", ", ".join(self._watch.names),
                                      self.config.replication_slot)
                     else:
-                        logger.debug("kept the durable slot %s and publication %s",
-                                     self.config.replication_slot, self._watch.name)
+                        logger.debug("kept the durable slot %s and publications %s",
+                                     self.config.replication_slot, ", ".join(self._watch.names))
                 finally:
                     query.close()
         return drained
 
     def drop(self, database_cnx: str) -> None:
-        """Remove this configuration's slot and publication from the server.
+        """Remove this configuration's slot and publications from the server.
 
         For a durable driver that no client runs any more: what the slot kept is gone.
         A slot of another plugin, database or kind, or a publication flash_wal did not
         make for this configuration, is a ConfigurationError, and nothing is dropped.
-        A publication with the old name ``<prefix>_<slot>`` is dropped too, unless
-        another existing slot's name could have made it (see ``ownership``).
+        The one publication of an earlier version (``<prefix>-<slot>``) is dropped too,
+        and one with the old name ``<prefix>_<slot>`` unless another existing slot's
+        name could have made it (see ``ownership``).
         """
         if self._thread is not None and self._thread.is_alive():
             raise FlashError("close the client before dropping its slot")
@@ -201,11 +204,12 @@ class Driver(base.Driver):
                 )
             ownership.check_slot_is_droppable(cursor, slot)
             report = ownership.slot_report(cursor, prefix, slot)
-            if report.publication is not None and not report.legacy_publication:
-                ownership.check_publication(cursor, report.publication, prefix, slot)
+            if not report.legacy_publication:
+                for name in report.publications:
+                    ownership.check_publication(cursor, name, prefix, slot)
             catalog.drop_slot(cursor, slot)
-            if report.publication is not None:
-                catalog.drop_publication(cursor, report.publication)
+            for name in report.publications:
+                catalog.drop_publication(cursor, name)
         finally:
             conn.close()
 
@@ -216,6 +220,8 @@ class Driver(base.Driver):
     def stats(self) -> Dict[str, Any]:
         figures: Dict[str, Any] = {"lag_bytes": self._lag_bytes()}
         if self._thread is not None:
+            figures["bytes_received"] = self._thread.received.bytes
+            figures["frames_received"] = self._thread.received.frames
             figures["reconnects"] = self._thread.reconnects
             if self._thread.reconnecting:
                 figures["state"] = "reconnecting"
@@ -285,10 +291,45 @@ class Driver(base.Driver):
             catalog.check_listener_columns(listener, infos[listener.table])
         return infos
 
+    def _publications_shown(self) -> str:
+        if set(self._watch.names) == set(self.config.publication_names):
+            return f"{self.config.publication_name}-{{{','.join(ownership.OPERATION_SUFFIXES.values())}}}"
+        return ", ".join(self._watch.names)
+
+    def _needed(
+        self, cursor: Any, listeners: Sequence[Listener], infos: Dict[TableName, catalog.TableInfo]
+    ) -> Dict[TableName, Operation]:
+        return publications.needed_operations(listeners, publications.keyed_tables(cursor, infos.values()))
+
+    def _create_publications(self, cursor: Any, needed: Dict[TableName, Operation]) -> None:
+        config = self.config
+        prefix, slot = config.publication_slot_prefix, config.replication_slot
+        for name in self._watch.names:
+            ownership.check_publication(cursor, name, prefix, slot)
+        with catalog.transaction(cursor):
+            if ownership.check_publication(cursor, config.publication_name, prefix, slot) is not None:
+                # An earlier version's one publication: the slot it served is gone.
+                catalog.drop_publication(cursor, config.publication_name)
+            self._watch.create(cursor, needed)
+
+    def _resume_publications(
+        self, cursor: Any, current: Dict[str, Optional[Set[TableName]]], needed: Dict[TableName, Operation]
+    ) -> None:
+        watch = self._watch
+        with catalog.transaction(cursor):
+            for name, tables in current.items():
+                if tables is None:  # dropped by someone: made again, empty, then filled
+                    catalog.create_publication(cursor, name, (), self.server_version, self._owner,
+                                               publications.publish_option(watch.publications[name]))
+            watch.move(cursor, needed, {name: tables or set() for name, tables in current.items()})
+            for name in watch.names:
+                catalog.ensure_publication_options(cursor, name, self.server_version)
+
     def _plugin_options(self) -> Dict[str, str]:
         options = {
             "proto_version": str(self.protocol_version),
-            "publication_names": self._watch.name,
+            # pgoutput reads a comma-separated list (names of [a-z0-9_-] need no quotes).
+            "publication_names": ",".join(self._watch.names),
         }
         if self.server_version >= 140000:
             options["messages"] = "true"
@@ -298,7 +339,8 @@ class Driver(base.Driver):
 
     def _remove_server_objects(self) -> None:
         cursor = self._started().cursor()
-        catalog.drop_publication(cursor, self._watch.name)
+        for name in self._watch.names:
+            catalog.drop_publication(cursor, name)
         # A temporary slot goes when its walsender exits, a moment after we disconnect;
         # a persistent one is dropped once that walsender lets go of it.
         state = catalog.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=not self.config.durable)

@@ -1,0 +1,37 @@
+"""Which operations a table's listeners need published (no server)."""
+
+from flash_wal import Condition, Listener, Operation
+from flash_wal.drivers.wal_logical.publications import needed_operations, publication_contents, publish_option
+from flash_wal.table_name import TableName
+
+
+def listener(table, operations, **options):
+    made = Listener(table=table, **options)
+    if operations:
+        made.on(operations, lambda event: None)
+    return made
+
+
+T, U = TableName("public", "t"), TableName("public", "u")
+
+
+def test_operations_listened_to_are_needed_and_updates_for_keys_and_conditions():
+    assert needed_operations([listener("t", Operation.INSERT)], keyed=set()) == {T: Operation.INSERT}
+    assert needed_operations([listener("t", Operation.INSERT)], keyed={T}) == {T: Operation.INSERT | Operation.UPDATE}
+    with_condition = listener("t", Operation.DELETE, conditions=[Condition("id", 1)])
+    assert needed_operations([with_condition], keyed=set()) == {T: Operation.DELETE | Operation.UPDATE}
+    assert needed_operations([listener("t", Operation.TRUNCATE)], keyed={T}) == {T: Operation.TRUNCATE}
+    assert needed_operations([listener("t", None)], keyed={T}) == {T: Operation(0)}
+
+
+def test_listeners_of_one_table_add_up():
+    needed = needed_operations([listener("t", Operation.UPDATE), listener("t", Operation.TRUNCATE),
+                                listener("u", Operation.ALL)], keyed=set())
+    assert needed == {T: Operation.UPDATE | Operation.TRUNCATE, U: Operation.ALL}
+
+
+def test_each_publication_holds_the_tables_needing_its_operations():
+    publications = {"p-s-insert": Operation.INSERT, "p-s-update": Operation.UPDATE, "p-s": Operation.ALL}
+    contents = publication_contents(publications, {T: Operation.INSERT, U: Operation(0)})
+    assert contents == {"p-s-insert": {T}, "p-s-update": set(), "p-s": {T}}
+    assert publish_option(Operation.ALL) == "insert, update, delete, truncate"
