@@ -17,7 +17,7 @@ from tests.support.waiting import wait_for
 
 
 def execute(db, statement, table, *args):
-    db.execute(sql.SQL(statement).format(sql.Identifier(table)), args)
+    db.execute(sql.SQL(statement).format(sql.Identifier(table)), args or None)
 
 
 def received(client):

@@ -35,3 +35,11 @@ def test_each_publication_holds_the_tables_needing_its_operations():
     contents = publication_contents(publications, {T: Operation.INSERT, U: Operation(0)})
     assert contents == {"p-s-insert": {T}, "p-s-update": set(), "p-s": {T}}
     assert publish_option(Operation.ALL) == "insert, update, delete, truncate"
+
+
+def test_only_a_publication_of_one_operation_gets_that_operations_filters():
+    from flash_wal.drivers.wal_logical.row_filters import filters_by_publication
+
+    publications = {"p-s-insert": Operation.INSERT, "p-s-update": Operation.UPDATE, "p-s": Operation.ALL}
+    filters = {Operation.INSERT: {T: "(n = 1)"}}
+    assert filters_by_publication(publications, filters) == {"p-s-insert": {T: "(n = 1)"}, "p-s-update": {}, "p-s": {}}

@@ -72,6 +72,11 @@ class DriverConfig:
     #: The longest wait between two reconnection attempts.
     reconnect_max_delay: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
 
+    #: ``True`` (PostgreSQL 15+): the listeners' conditions also become the
+    #: publications' row filters, so rows no listener wants are not sent (the server
+    #: still decodes them). Events are the same either way; older servers ignore it.
+    server_filters: bool = attr.ib(default=False, validator=instance_of(bool))
+
     def __attrs_post_init__(self) -> None:
         longest = max(self.publication_names, key=len)
         if len(longest) > _MAX_NAME_BYTES:

@@ -21,7 +21,7 @@ from ...operations import Operation
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, identity, ownership, publications
+from . import catalog, claim, identity, ownership, publications, row_filters
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -48,6 +48,7 @@ class Driver(base.Driver):
         self._on_fatal: Optional[Callable[[BaseException], None]] = None
         self.server_version = 0
         self.protocol_version = 0
+        self._told_no_filters = False
 
     # --- base.Driver ------------------------------------------------------------------
 
@@ -88,7 +89,8 @@ class Driver(base.Driver):
             watch.server_version = self.server_version
             if slot_existed:
                 watch.publications, current = claim.resumed_publications(cursor, config)
-            needed = self._needed(cursor, listeners, infos)
+            keyed = publications.keyed_tables(cursor, infos.values())
+            needed = publications.needed_operations(listeners, keyed)
             if any(tables is not None for tables in current.values()):
                 # Resuming: the slot's WAL is decoded with the publications as they were
                 # then, so they are altered, never replaced.
@@ -99,6 +101,11 @@ class Driver(base.Driver):
             identities_before = identity.replica_identities(cursor, (info.oid for info in infos.values()))
             self._set_identities(cursor, infos.values(), install_trigger)
             watch.record(cursor, infos, needed)
+            # Only now: a filter may use only columns of the replica identity just set.
+            filters = self._row_filters(cursor, infos, listeners, keyed)
+            if filters:
+                watch.move(cursor, needed, filters)
+                watch.record(cursor, infos, needed, filters)
             self._on_tables_gone = on_tables_gone
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
@@ -144,11 +151,13 @@ class Driver(base.Driver):
                     cursor, new_infos, full=self.config.replica_identity_full, server_version=self.server_version
                 )
                 self._set_identities(cursor, new_infos, install_trigger)
-                needed = self._needed(cursor, listeners, infos)
-                watch.move(cursor, needed)
+                keyed = publications.keyed_tables(cursor, infos.values())
+                needed = publications.needed_operations(listeners, keyed)
+                filters = self._row_filters(cursor, infos, listeners, keyed)
+                watch.move(cursor, needed, filters)
                 logger.debug("published now: %s", ", ".join(
                     f"{table} ({needed[table]})" for table in sorted(needed, key=str)) or "no table")
-                watch.record(cursor, infos, needed)
+                watch.record(cursor, infos, needed, filters)
                 return catalog.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
@@ -296,10 +305,25 @@ class Driver(base.Driver):
             return f"{self.config.publication_name}-{{{','.join(ownership.OPERATION_SUFFIXES.values())}}}"
         return ", ".join(self._watch.names)
 
-    def _needed(
-        self, cursor: Any, listeners: Sequence[Listener], infos: Dict[TableName, catalog.TableInfo]
-    ) -> Dict[TableName, Operation]:
-        return publications.needed_operations(listeners, publications.keyed_tables(cursor, infos.values()))
+    def _row_filters(
+        self, cursor: Any, infos: Dict[TableName, catalog.TableInfo], listeners: Sequence[Listener],
+        keyed: Set[TableName],
+    ) -> Dict[str, Dict[TableName, str]]:
+        """The row filters of the publications' tables; none unless server_filters."""
+        if not self.config.server_filters:
+            return {}
+        if self.server_version < 150000:
+            if not self._told_no_filters:
+                self._told_no_filters = True
+                logger.info("server_filters=True is ignored: row filters need PostgreSQL 15 or later (this is %d); "
+                            "the client applies the listeners' conditions itself", self.server_version)
+            return {}
+        by_operation = row_filters.row_filters(cursor, infos, listeners, keyed)
+        filters = row_filters.filters_by_publication(self._watch.publications, by_operation)
+        for name, tables in sorted(filters.items()):
+            for table, text in sorted(tables.items(), key=lambda item: str(item[0])):
+                logger.debug("publication %s filters %s: %s", name, table, text)
+        return {name: tables for name, tables in filters.items() if tables}
 
     def _create_publications(self, cursor: Any, needed: Dict[TableName, Operation]) -> None:
         config = self.config
@@ -321,7 +345,12 @@ class Driver(base.Driver):
                 if tables is None:  # dropped by someone: made again, empty, then filled
                     catalog.create_publication(cursor, name, (), self.server_version, self._owner,
                                                publications.publish_option(watch.publications[name]))
-            watch.move(cursor, needed, {name: tables or set() for name, tables in current.items()})
+            # A filter left by a run with server_filters: dropped here, made again once
+            # the identities are set.
+            left = {name: {table: "" for table in row_filters.row_filtered_tables(cursor, name, self.server_version)}
+                    for name, tables in current.items() if tables}
+            watch.move(cursor, needed, current={name: tables or set() for name, tables in current.items()},
+                       current_filters=left)
             for name in watch.names:
                 catalog.ensure_publication_options(cursor, name, self.server_version)
 

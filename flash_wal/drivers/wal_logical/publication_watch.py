@@ -16,7 +16,10 @@ from . import catalog
 from .ownership import PublicationOwner
 from .publications import publication_contents, publish_option
 
-__all__ = ["PublicationWatch"]
+__all__ = ["Filters", "PublicationWatch"]
+
+#: Publication name -> table -> its row filter, as SQL text.
+Filters = Mapping[str, Mapping[TableName, str]]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class PublicationWatch:
         self.needed: Dict[TableName, Operation] = {}  # the operations each table needs
         self._table_oids: Dict[TableName, int] = {}  # of self.tables, to tell a rename
         self._seen: Dict[str, Optional[catalog.PublicationState]] = {}
+        #: The row filter of each filtered table in each publication, as SQL text.
+        self.filters: Dict[str, Dict[TableName, str]] = {}
 
     @property
     def names(self) -> List[str]:
@@ -52,23 +57,32 @@ class PublicationWatch:
                 )
 
     def move(
-        self, cursor: Any, needed: Mapping[TableName, Operation], current: Optional[Mapping[str, Set[TableName]]] = None
+        self, cursor: Any, needed: Mapping[TableName, Operation], filters: Filters = {},
+        current: Optional[Mapping[str, Set[TableName]]] = None, current_filters: Filters = {},
     ) -> None:
-        """Alter the publications from what they hold (``current``, or as last recorded)
-        to what ``needed`` asks, in one transaction: a table moving from one set of
-        operations to another is never published by neither, and tables that stay are
-        not touched."""
+        """Alter the publications from what they hold (``current`` with its filters, or
+        as last recorded) to what ``needed`` and ``filters`` ask, in one transaction: a
+        table moving from one set of operations to another is never published by
+        neither, and tables that stay with the same filter are not touched (one whose
+        filter changes is dropped and added again, in the same transaction)."""
         before = self.contents() if current is None else current
+        before_filters = self.filters if current is None else current_filters
         after = publication_contents(self.publications, needed)
         with catalog.transaction(cursor):
             for name in self.names:
-                held = before.get(name, set())
-                catalog.alter_publication(cursor, name, add=after[name] - held, drop=held - after[name])
+                held, wanted = before.get(name, set()), after[name]
+                old, new = before_filters.get(name, {}), filters.get(name, {})
+                refiltered = {table for table in held & wanted if old.get(table) != new.get(table)}
+                catalog.alter_publication(
+                    cursor, name, add=(wanted - held) | refiltered, drop=(held - wanted) | refiltered, filters=new
+                )
 
     def record(
-        self, cursor: Any, infos: Mapping[TableName, catalog.TableInfo], needed: Mapping[TableName, Operation]
+        self, cursor: Any, infos: Mapping[TableName, catalog.TableInfo], needed: Mapping[TableName, Operation],
+        filters: Filters = {},
     ) -> None:
-        """The publications now hold exactly what ``needed`` asks for these tables."""
+        """The publications now hold exactly what ``needed`` and ``filters`` ask for these tables."""
+        self.filters = {name: dict(tables) for name, tables in filters.items()}
         self.tables = set(infos)
         self.needed = {table: needed.get(table, Operation(0)) for table in infos}
         self._table_oids = {table: info.oid for table, info in infos.items()}
@@ -84,7 +98,8 @@ class PublicationWatch:
             if state is None:
                 logger.warning("publication %r no longer exists; creating it again", name)
                 catalog.create_publication(
-                    cursor, name, contents[name], self.server_version, self._owner, publish_option(operations)
+                    cursor, name, contents[name], self.server_version, self._owner, publish_option(operations),
+                    self.filters.get(name, {}),
                 )
                 self._seen[name] = catalog.publication_state(cursor, name)
             elif state != self._seen.get(name):
@@ -106,6 +121,8 @@ class PublicationWatch:
         for table in gone:
             del self._table_oids[table]
             self.needed.pop(table, None)
+            for filtered in self.filters.values():
+                filtered.pop(table, None)
         return gone
 
     def _check_tables_kept(self, name: str, state: catalog.PublicationState, expected: Set[TableName]) -> None:
