@@ -3,12 +3,14 @@
 import json
 import threading
 
+import pytest
 from psycopg2 import sql
 
 from flash_wal import Client, Condition, Listener, Operation
 from flash_wal.cli import main
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 from flash_wal.drivers.wal_logical.ownership import PublicationOwner
+from flash_wal.drivers.wal_logical.publications import stale_after_alter
 
 from tests.support.database import Database
 from tests.support.publications import published_operations, publications_exist
@@ -66,7 +68,10 @@ def test_insert_and_delete_listeners_need_updates_only_for_a_key_or_conditions(m
         assert published_operations(db, config, filtered) == {"delete", "update"}  # transitions
 
 
-def test_attach_and_detach_move_a_table_without_losing_another_listeners_events(make_client, make_table, db):
+def test_attach_and_detach_move_a_table_without_losing_another_listeners_events(make_client, make_table, db,
+                                                                              server_version):
+    if stale_after_alter(server_version):
+        pytest.skip("this server may decode changes after ALTER PUBLICATION with the publication as it was")
     table = make_table()
     execute(db, "INSERT INTO {} (title) SELECT 'row' FROM generate_series(1, 15)", table)
     updates, deletes = Recorder(), Recorder()

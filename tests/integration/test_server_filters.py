@@ -3,14 +3,16 @@
 import logging
 import types
 
+import attr
 import pytest
 from psycopg2 import sql
 
-from flash_wal import Condition, Listener, Operation
+from flash_wal import Client, Condition, Listener, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig, row_filters
 
 from tests.support.publications import publication_of
 from tests.support.recorder import Recorder
+from tests.support.waiting import wait_for
 
 
 def execute(db, statement, table, *args):
@@ -177,3 +179,33 @@ def test_each_operator_filters_as_the_client_compares(make_table, db, op, value,
     expression = row_filters._condition(cursor, condition, columns, Operation.INSERT)
     cursor.execute(sql.SQL("SELECT coalesce({}, false) FROM {} ORDER BY id").format(expression, sql.Identifier(table)))
     assert [row[0] for row in cursor.fetchall()] == expected
+
+
+def test_a_dropped_publication_is_made_again_with_its_filters(make_client, make_table, db, unique, needs_filters):
+    table = make_table("id serial PRIMARY KEY, n int")
+    recorder = Recorder()
+    client = filtered_client(make_client, unique, True)
+    client.on(table, Operation.INSERT, conditions=[Condition("n", 1)])(recorder)
+    with client:
+        config = client.driver.config
+        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication_of(config, Operation.INSERT))))
+        db.terminate_walsender(config.replication_slot)
+        wait_for(lambda: client.stats()["reconnects"] == 1 and client.stats()["state"] == "streaming",
+                 what="the reconnect")
+        assert row_filter(db, config, Operation.INSERT, table) == "(n = 1)"
+        execute(db, "INSERT INTO {} (n) VALUES (2), (1)", table)
+        assert [e.new["n"] for e in recorder.wait(1)] == [1]
+
+
+def test_a_durable_slot_resumed_without_server_filters_loses_its_filters(make_table, db, unique, needs_filters):
+    table = make_table("id serial PRIMARY KEY, n int")
+    config = DriverConfig(publication_slot_prefix=f"pub_{unique}", replication_slot=f"flash_{unique}", durable=True,
+                          server_filters=True)
+    try:
+        for server_filters, expected in ((True, "(n = 1)"), (False, None)):
+            client = Client(database_cnx=db.dsn, driver=Driver(attr.evolve(config, server_filters=server_filters)))
+            client.on(table, Operation.INSERT, conditions=[Condition("n", 1)])(lambda event: None)
+            with client:
+                assert row_filter(db, config, Operation.INSERT, table) == expected
+    finally:
+        Driver(config).drop(db.dsn)

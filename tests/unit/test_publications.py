@@ -43,3 +43,10 @@ def test_only_a_publication_of_one_operation_gets_that_operations_filters():
     publications = {"p-s-insert": Operation.INSERT, "p-s-update": Operation.UPDATE, "p-s": Operation.ALL}
     filters = {Operation.INSERT: {T: "(n = 1)"}}
     assert filters_by_publication(publications, filters) == {"p-s-insert": {T: "(n = 1)"}, "p-s-update": {}, "p-s": {}}
+
+
+def test_servers_before_the_may_2025_minor_releases_may_decode_with_a_stale_publication():
+    from flash_wal.drivers.wal_logical.publications import stale_after_alter
+
+    assert stale_after_alter(160002) and stale_after_alter(170004) and stale_after_alter(120020)
+    assert not stale_after_alter(160009) and not stale_after_alter(150018) and not stale_after_alter(180000)

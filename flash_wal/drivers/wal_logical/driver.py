@@ -125,6 +125,12 @@ class Driver(base.Driver):
                 on_fatal=on_fatal,
             )
             self._thread.start_session(timeout=config.setup_timeout)
+            if publications.stale_after_alter(self.server_version):
+                logger.warning(
+                    "PostgreSQL %d may decode changes committed after an ALTER PUBLICATION with the publication as "
+                    "it was, while other transactions run (fixed in the minor releases of May 2025): listeners "
+                    "attached, detached or given new operations while streaming may miss their first changes; "
+                    "update the server", self.server_version)
             logger.info(
                 "streaming from %s: tables %s, %s slot %s, publications %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",

@@ -25,7 +25,7 @@ from ...operations import Operation
 from ...table_name import TableName
 from .catalog import TableInfo
 
-__all__ = ["keyed_tables", "needed_operations", "publication_contents"]
+__all__ = ["keyed_tables", "needed_operations", "publication_contents", "stale_after_alter"]
 
 _ROW_OPERATIONS = Operation.INSERT | Operation.DELETE
 
@@ -75,3 +75,21 @@ def publication_contents(
 def publish_option(operations: Operation) -> str:
     """The ``publish`` option of a publication of these operations."""
     return ", ".join((operation.name or "").lower() for operation in operations.atoms())
+
+
+#: The first minor release of each major version whose decoding sees a publication
+#: change at once (PostgreSQL 17.5, 16.9, 15.13, 14.18, 13.21, May 2025: "avoid data loss
+#: when DDL operations that don't take a strong lock affect tables that are being
+#: logically replicated").
+_FIXED_MINOR = {13: 130021, 14: 140018, 15: 150013, 16: 160009, 17: 170005}
+
+
+def stale_after_alter(server_version: int) -> bool:
+    """Whether the server may decode changes committed after an ALTER PUBLICATION with
+    the publication as it was before, when a transaction that was running during the
+    ALTER commits after it (seen here on 16.2: a listener attached while other
+    transactions ran missed its first change)."""
+    major = server_version // 10000
+    if major < min(_FIXED_MINOR):
+        return True  # out of support before the fix
+    return server_version < _FIXED_MINOR.get(major, 0)
