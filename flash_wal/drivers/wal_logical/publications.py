@@ -55,7 +55,8 @@ def needed_operations(listeners: Sequence[Listener], keyed: Set[TableName]) -> D
     needed: Dict[TableName, Operation] = {}
     for listener in listeners:
         operations = listener.operations
-        has_key = listener.table in keyed or getattr(listener.config, "primary_key", None) is not None
+        # An empty primary_key (its default) means the table's own key, if any.
+        has_key = listener.table in keyed or bool(getattr(listener.config, "primary_key", None))
         if operations & _ROW_OPERATIONS and (listener.config.conditions or has_key):
             operations |= Operation.UPDATE
         needed[listener.table] = needed.get(listener.table, Operation(0)) | operations
