@@ -20,6 +20,10 @@ idle        CPU seconds a started client uses over --idle-seconds with no change
 tenants     a --tenant-rows backlog drained by 1, 10, 100 and 1,000 listeners, each
             Condition("tenant_id", i): changes/s and the ratio to one listener
             (benchmarks/tenants.py says how and why).
+filters     --filter-rows updated rows and a listener matching 1 %, with server_filters
+            off and on; an UPDATE-only listener under an INSERT workload with and
+            without per-operation publishing: changes/s, events/s and bytes received
+            (benchmarks/filters.py).
 
 Prints a table, writes the figures as JSON (default benchmarks/results.json) and exits
 with status 1 if a target is missed. See docs/performance.rst.
@@ -41,6 +45,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+import filters
 import tenants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +63,7 @@ TARGETS = {
     "memory_streaming_on_mib": ("<=", 64.0),
     "idle_cpu_percent": ("<=", 1.0),
     **tenants.TARGETS,
+    **filters.TARGETS,
 }
 
 
@@ -187,7 +193,8 @@ def child_idle(dsn: str, seconds: float) -> None:
 
 
 CHILDREN = {"raw": child_raw, "flash": child_flash, "latency": child_latency,
-            "memory": child_memory, "idle": child_idle, "tenants": tenants.child_tenants}
+            "memory": child_memory, "idle": child_idle, "tenants": tenants.child_tenants,
+            "filters": filters.child_filters}
 
 
 # --- the conductor --------------------------------------------------------------------
@@ -330,6 +337,7 @@ def report(figures: Dict[str, Any]) -> bool:
         lines.append(("idle CPU", f"{figures['idle_cpu_percent']:.2f} % of a core",
                       verdict("idle_cpu_percent", figures["idle_cpu_percent"])))
     lines += tenants.report_lines(figures, verdict)
+    lines += filters.report_lines(figures, verdict)
     width = max(len(line[0]) for line in lines)
     for name, value, target in lines:
         print(f"  {name:<{width}}  {value:>20}   {target}")
@@ -345,8 +353,10 @@ def main() -> int:
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--tenant-rows", type=int, default=100_000, help="tenants: rows of the backlog")
+    parser.add_argument("--filter-rows", type=int, default=200_000, help="filters: rows updated, rows inserted")
     parser.add_argument("--quick", action="store_true", help="a tenth of every size and duration")
-    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants", help="comma-separated measurements")
+    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants,filters",
+                        help="comma-separated measurements")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"), metavar="PATH")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -358,6 +368,7 @@ def main() -> int:
         args.rows, args.latency_seconds = args.rows // 10, args.latency_seconds / 10
         args.memory_rows, args.idle_seconds = args.memory_rows // 10, args.idle_seconds / 10
         args.tenant_rows //= 10
+        args.filter_rows //= 10
     only = set(args.only.split(","))
 
     from flash_wal.embedded import EmbeddedPostgres
@@ -379,9 +390,12 @@ def main() -> int:
             figures.update(measure_idle(dsn, args.idle_seconds))
         if "tenants" in only:
             figures.update(tenants.measure_tenants(dsn, args.tenant_rows, args.rounds, execute, Child))
+        if "filters" in only:
+            figures.update(filters.measure_filters(dsn, args.filter_rows, args.rounds, execute, Child))
     met = report(figures)
     figures["sizes"] = {"rows": args.rows, "rate": args.rate, "latency_seconds": args.latency_seconds,
-                        "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds, "tenant_rows": args.tenant_rows}
+                        "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds, "tenant_rows": args.tenant_rows,
+                        "filter_rows": args.filter_rows}
     with open(args.json, "w") as out:
         json.dump(figures, out, indent=2)
     print(f"figures written to {args.json}")

@@ -121,6 +121,7 @@ class Client:
             since_lsn = self.driver.listen(wanted) if self._state is ClientState.STREAMING else 0
             for listener in listeners:
                 self._dispatcher.attach(listener, since_lsn)
+                listener.operations_watchers.append(self._operations_changed)
             self._listeners = wanted
 
     def detach(self, *listeners: Listener) -> None:
@@ -136,12 +137,20 @@ class Client:
             remaining = [l for l in self._listeners if l not in listeners]
             for listener in listeners:
                 self._dispatcher.detach(listener)
+                listener.operations_watchers.remove(self._operations_changed)
             self._listeners = remaining
             if self._state is ClientState.STREAMING:
                 self.driver.listen(remaining)
         # Outside the lock: a running callback may attach or detach too.
         for listener in listeners:
             listener.wait_for_running_calls()
+
+    def _operations_changed(self) -> None:
+        """An attached listener registered or unregistered a callback: the server
+        publishes only the operations listeners want (see the driver), so it is told."""
+        with self._lock:
+            if self._state is ClientState.STREAMING:
+                self.driver.listen(self._listeners)
 
     def on(
         self, table: str, operations: Union[Operation, str] = Operation.ALL, **listener_options: Any

@@ -184,7 +184,7 @@ def _what_streams(client: "Client") -> str:
     if not isinstance(client.driver, WalLogicalDriver):
         return tables
     config = client.driver.config
-    return f"{tables} (slot {config.replication_slot}, publication {config.publication_name})"
+    return f"{tables} (slot {config.replication_slot}, publications {config.publication_name}-*)"
 
 
 def _silent(_line: str) -> None:

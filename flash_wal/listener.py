@@ -6,7 +6,7 @@ reads a consistent snapshot without taking a lock per event.
 """
 
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attr
 
@@ -148,6 +148,9 @@ class Listener:
         #: their columns by the driver at ``start()`` or ``attach`` (``"10"`` for an
         #: int column becomes 10), which the dispatcher's route of this listener checks.
         self.conditions: Tuple[Condition, ...] = config.conditions
+        #: Called, outside the lock, when ``operations`` changes: a client this listener
+        #: is attached to makes the server publish what it now wants.
+        self.operations_watchers: List[Callable[[], None]] = []
 
     @property
     def table(self) -> TableName:
@@ -184,7 +187,8 @@ class Listener:
         with self._lock:
             if self._registrations.pop(callback, None) is None:
                 raise ConfigurationError(f"{callback!r} is not registered on {self!r}")
-            self._rebuild()
+            before = self._rebuild()
+        self._tell_watchers(before)
         self.running_calls.wait_until_finished(lambda running: running == callback)
 
     def is_registered(self, callback: Callback) -> bool:
@@ -203,14 +207,23 @@ class Listener:
             raise ConfigurationError(f"callback must be callable, got {callback!r}")
         with self._lock:
             self._registrations[callback] = self._registrations.get(callback, Operation(0)) | operations
-            self._rebuild()
+            before = self._rebuild()
+        self._tell_watchers(before)
 
-    def _rebuild(self) -> None:
+    def _tell_watchers(self, before: Operation) -> None:
+        if self._operations != before:
+            for watcher in list(self.operations_watchers):
+                watcher()
+
+    def _rebuild(self) -> Operation:
+        """Returns the operations as they were before."""
+        before = self._operations
         by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
         for op in Operation.ALL.atoms():
             by_operation[op] = tuple(cb for cb, ops in self._registrations.items() if ops & op)
         self._by_operation = by_operation
         self._operations = Operation(sum(op for op, cbs in by_operation.items() if cbs))
+        return before
 
     def __repr__(self) -> str:
         return f"<Listener {self.config.table!r} fields={list(self.config.fields)!r}>"

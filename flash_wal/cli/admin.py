@@ -46,9 +46,10 @@ def _slot_state(report: SlotReport) -> str:
 
 
 def _publication_cell(report: SlotReport) -> str:
-    if report.publication is None:
+    if not report.publications:
         return "-"
-    return f"{report.publication} (old name)" if report.legacy_publication else report.publication
+    names = ", ".join(report.publications)
+    return f"{names} (old name)" if report.legacy_publication else names
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -78,9 +79,10 @@ def add_status_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
         "status",
         help="show the replication slots and publications of a prefix",
         description=(
-            "List every replication slot whose publication <prefix>-<slot> exists: durable "
+            "List every replication slot whose publications <prefix>-<slot>-<operation> (or "
+            "<prefix>-<slot>, as earlier versions named their one publication) exist: durable "
             "or temporary, active (with the walsender's pid) or not, how many bytes of WAL "
-            "it is behind the server, and the tables its publication holds. A publication "
+            "it is behind the server, and the tables its publications hold. A publication "
             "named <prefix>_<slot> by flash_wal 0.1.0 is listed, as '(old name)', when its "
             "slot exists and no other slot's name could have made it."
         ),
@@ -97,8 +99,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     with server_cursor(args.dsn) as cursor:
         check_slot_is_droppable(cursor, args.slot)  # before asking whether to drop it
         report = slot_report(cursor, args.prefix, args.slot)
-    if not report.exists and report.publication is None:
-        print(f"nothing to clean up: no slot {args.slot!r} and no publication {config.publication_name!r}")
+    if not report.exists and not report.publications:
+        print(f"nothing to clean up: no slot {args.slot!r} and no publication {config.publication_name}-<operation>")
         return EXIT_OK
     if report.exists and not report.temporary and report.active_pid is None and not args.yes:
         question = (f"Drop the durable replication slot {args.slot!r}? The changes it keeps for "
@@ -110,7 +112,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     Driver(config).drop(args.dsn)
     dropped = [f"replication slot {args.slot!r}"] if report.exists else []
-    dropped += [f"publication {report.publication!r}"] if report.publication else []
+    names = ", ".join(repr(name) for name in report.publications)
+    dropped += [f"publication{'s' if len(report.publications) > 1 else ''} {names}"] if names else []
     print(f"dropped {' and '.join(dropped)}")
     return EXIT_OK
 
@@ -120,7 +123,8 @@ def add_cleanup_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
         "cleanup",
         help="drop the replication slot and publication of a prefix and slot",
         description=(
-            "Drop the replication slot SLOT and the publication <prefix>-<slot>, as left "
+            "Drop the replication slot SLOT and the publications <prefix>-<slot>-<operation> "
+            "and <prefix>-<slot>, as left "
             "behind by a durable client or a killed one (and the publication <prefix>_<slot> "
             "of flash_wal 0.1.0, unless another slot's name could have made it). A slot in "
             "use is never dropped, nor one flash_wal does not make (another plugin, database "

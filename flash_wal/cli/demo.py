@@ -327,7 +327,7 @@ class _Demo:
         out(f"  dsn          {mask_dsn(dsn)}")
         out(f"  table        public.{self.table_name}")
         out(f"  slot         {self.name} (temporary)")
-        out(f"  publication  {self.driver_config.publication_name}")
+        out(f"  publications {self.driver_config.publication_name}-*")
         out(f"  running      {running}")
         out()
         out("A second thread writes to the table; each event line is one callback call:")

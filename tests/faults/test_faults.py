@@ -264,7 +264,7 @@ def test_reconnect_retries_while_another_process_holds_the_slot(make_table, db, 
                                              (slot,)) == (None,), what="the slot to be released")
                 thief = psycopg2.connect(db.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
                 thief.cursor().start_replication(slot_name=slot, decode=False, options={
-                    "proto_version": "1", "publication_names": driver.config.publication_name})
+                    "proto_version": "1", "publication_names": ",".join(driver.config.publication_names)})
             insert(db, table)  # committed while the client cannot read
             wait_for(lambda: any("is active for PID" in r.getMessage() for r in caplog.records),
                      what="a failed attempt")

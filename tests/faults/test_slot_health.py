@@ -9,6 +9,7 @@ from flash_wal import Client, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 from flash_wal.errors import ReplicationError, SlotInvalidatedError
 
+from tests.support.publications import publication_of
 from tests.support.recorder import Recorder
 from tests.support.waiting import wait_for
 
@@ -32,11 +33,11 @@ def test_publication_dropped_while_streaming_is_restored_on_reconnect(make_clien
     with client:
         insert(db, table, "before")
         recorder.wait(1)
-        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
+        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication_of(config, Operation.INSERT))))
         db.terminate_walsender(config.replication_slot)
         wait_for(lambda: client.stats()["reconnects"] == 1 and client.stats()["state"] == "streaming",
                  what="the reconnect")
-        assert published_tables(db, config.publication_name) == {table, other}
+        assert published_tables(db, publication_of(config, Operation.INSERT)) == {table, other}
         insert(db, table, "after")
         insert(db, other, "other after")
         events = recorder.wait(3)
@@ -59,7 +60,7 @@ def test_publication_dropped_with_changes_meanwhile_stops_the_client(make_client
         recorder.wait(1)
         # Acknowledged once its callback has returned, a moment after the recorder saw it.
         acked = wait_for(lambda: client.stats()["last_acked_lsn"], what="the first transaction acknowledged")
-        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
+        db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication_of(config, Operation.INSERT))))
         insert(db, table, "skipped by the server")
         with pytest.raises(ReplicationError, match="publication"):
             client.wait(20)
@@ -85,7 +86,7 @@ def test_table_taken_out_of_the_publication_stops_the_client(make_client, make_t
         insert(db, table, "before")
         recorder.wait(1)
         db.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-            sql.Identifier(config.publication_name), sql.Identifier(table)))
+            sql.Identifier(publication_of(config, Operation.INSERT)), sql.Identifier(table)))
         insert(db, table, "not sent")
         insert(db, other, "sent")
         with pytest.raises(ReplicationError, match=f"table public.{table} was removed from publication"):
@@ -106,7 +107,7 @@ def test_durable_slot_whose_publication_was_dropped_is_a_clear_error(
     client.on(table, Operation.INSERT)(lambda event: None)
     try:
         with client:
-            db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(driver.config.publication_name)))
+            db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication_of(driver.config, Operation.INSERT))))
             insert(db, table, "after the drop")
             with pytest.raises(ReplicationError, match="Drop the slot"):
                 client.wait()

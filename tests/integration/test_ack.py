@@ -9,6 +9,7 @@ from flash_wal import Listener, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig
 from flash_wal.drivers.wal_logical.catalog import protocol_version_for
 
+from tests.support.publications import published_tables
 from tests.support.recorder import Recorder
 from tests.support.waiting import wait_for
 from tests.support.database import confirmed_flush
@@ -110,7 +111,6 @@ def test_detach_before_start(make_client, make_table, db):
         db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('no')").format(sql.Identifier(dropped_table)))
         db.execute(sql.SQL("INSERT INTO {} (title) VALUES ('yes')").format(sql.Identifier(kept_table)))
         recorder.wait(1)
-        publication = client.driver.config.publication_name
-        tables = db.fetchall("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
+        tables = published_tables(db, client.driver.config)
     assert [e.new["title"] for e in recorder.events] == ["yes"]
-    assert tables == [(kept_table,)]
+    assert tables == [kept_table]

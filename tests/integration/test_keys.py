@@ -27,8 +27,8 @@ def listening(client, table, operations=Operation.ALL, **options):
 
 
 def driver_without_full_identity(unique):
-    slot = f"flash_{unique}_nofull"
-    return Driver(DriverConfig(publication_slot_prefix=f"pub_{slot}", replication_slot=slot,
+    slot = f"nf_{unique}"
+    return Driver(DriverConfig(publication_slot_prefix=f"p_{slot}", replication_slot=slot,
                                replica_identity_full=False))
 
 
@@ -266,11 +266,11 @@ def test_a_key_change_inside_a_streamed_transaction(make_client, make_table, db,
     if server_version < 140000:
         pytest.skip("streaming of in-progress transactions needs PostgreSQL 14")
     table = make_table("a int NOT NULL, b int NOT NULL, CONSTRAINT first_key PRIMARY KEY (a)")
-    slot = f"flash_{unique}_streamed"
+    slot = f"st_{unique}"
     client = Client(
         database_cnx=psycopg2.extensions.make_dsn(db.dsn, options="-c logical_decoding_work_mem=64kB"),
         shutdown_timeout=5,
-        driver=Driver(DriverConfig(publication_slot_prefix=f"pub_{slot}", replication_slot=slot,
+        driver=Driver(DriverConfig(publication_slot_prefix=f"p_{slot}", replication_slot=slot,
                                    use_streaming=True, replica_identity_full=False)),
     )
     recorder = listening(client, table, Operation.INSERT)

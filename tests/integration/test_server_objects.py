@@ -13,6 +13,7 @@ from flash_wal.errors import SlotInUseError
 from flash_wal.drivers.wal_logical import Driver, DriverConfig, catalog
 
 from tests.support.database import Database
+from tests.support.publications import published_tables, publications_exist
 from tests.support.recorder import Recorder
 from tests.support.waiting import wait_for
 
@@ -49,17 +50,17 @@ def test_configurations_whose_names_joined_by_an_underscore_meet_use_different_p
     first.on(first_table, Operation.INSERT)(first_events)
     second.on(second_table, Operation.INSERT)(second_events)
     with first, second:
-        first_name, second_name = first.driver.config.publication_name, second.driver.config.publication_name
-        assert first_name != second_name
-        assert publication_tables(db, first_name) == [first_table]
-        assert publication_tables(db, second_name) == [second_table]
+        first_config, second_config = first.driver.config, second.driver.config
+        assert not set(first_config.publication_names) & set(second_config.publication_names)
+        assert published_tables(db, first_config) == [first_table]
+        assert published_tables(db, second_config) == [second_table]
         insert(db, first_table)
         insert(db, second_table)
         assert len(first_events.wait(1)) == 1 and len(second_events.wait(1)) == 1
 
         first.close()
-        assert db.fetchone("SELECT 1 FROM pg_publication WHERE pubname = %s", (first_name,)) is None
-        assert publication_tables(db, second_name) == [second_table]  # not dropped with the other
+        assert publications_exist(db, first_config) == []
+        assert published_tables(db, second_config) == [second_table]  # not dropped with the other
         insert(db, second_table, "after the other closed")
         assert second_events.wait(2)[-1].new["title"] == "after the other closed"
 
@@ -67,9 +68,12 @@ def test_configurations_whose_names_joined_by_an_underscore_meet_use_different_p
 def test_every_publication_name_starts_with_the_prefix_and_fits():
     config = DriverConfig(publication_slot_prefix="orders", replication_slot="flash_replication")
     assert config.publication_name == "orders-flash_replication"
+    assert sorted(config.publication_names) == [f"orders-flash_replication-{operation}"
+                                                for operation in ("delete", "insert", "truncate", "update")]
     with pytest.raises(ConfigurationError, match="shorten"):
-        DriverConfig(publication_slot_prefix="p" * 31, replication_slot="s" * 32)
-    assert len(DriverConfig(publication_slot_prefix="p" * 31, replication_slot="s" * 31).publication_name) == 63
+        DriverConfig(publication_slot_prefix="p" * 27, replication_slot="s" * 27)
+    longest = DriverConfig(publication_slot_prefix="p" * 27, replication_slot="s" * 26).publication_names
+    assert max(map(len, longest)) == 63
 
 
 # --- point 8: what flash_wal made ----------------------------------------------------------
@@ -216,7 +220,7 @@ def test_an_instance_that_took_the_slot_during_a_restart_keeps_it(pg_server, dsn
         assert second_events.wait(1)[0].new["title"] == "the second streams on"
         assert check.fetchall("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
                               (f"flash_{unique}",)) == [(True,)]
-        assert check.publications(f"pub_{unique}") == [f"pub_{unique}-flash_{unique}"]
+        assert check.publications(f"pub_{unique}") == sorted(restart_driver(unique).config.publication_names)
     finally:
         first.close()
         second.close()

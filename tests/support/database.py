@@ -51,7 +51,7 @@ class Database:
 
     def publications(self, prefix: str) -> List[str]:
         return [row[0] for row in self.fetchall(
-            "SELECT pubname FROM pg_publication WHERE starts_with(pubname, %s)", (prefix,)
+            "SELECT pubname FROM pg_publication WHERE starts_with(pubname, %s) ORDER BY 1", (prefix,)
         )]
 
     def close(self) -> None:

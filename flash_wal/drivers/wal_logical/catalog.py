@@ -4,13 +4,15 @@ Every function takes a cursor of an autocommit (non-replication) connection. Nam
 quoted with ``psycopg2.sql.Identifier`` and values passed as parameters, always.
 """
 
+import contextlib
 import logging
 import time
-from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Set, Tuple
 
 import attr
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from psycopg2 import sql
 
 from ...errors import ConfigurationError, SlotInvalidatedError
@@ -144,7 +146,27 @@ def table_identifier(table: TableName) -> sql.Composable:
     return sql.SQL(".").join([sql.Identifier(table.schema), sql.Identifier(table.name)])
 
 
-def create_publication(cursor: Any, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner) -> None:
+@contextlib.contextmanager
+def transaction(cursor: Any) -> Iterator[None]:
+    """One transaction around the block, or the one already open: changes to several
+    publications take effect together, at its commit's WAL position."""
+    if cursor.connection.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        yield
+        return
+    cursor.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if not cursor.connection.closed:
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
+def create_publication(
+    cursor: Any, name: str, tables: Iterable[TableName], server_version: int, owner: PublicationOwner,
+    publish: str = PUBLISH_ALL, filters: Mapping[TableName, str] = {},
+) -> None:
     """Create the publication afresh, replacing a leftover of the same name, and mark
     it as ``owner``'s (the caller has checked that a leftover is that owner's).
 
@@ -154,13 +176,12 @@ def create_publication(cursor: Any, name: str, tables: Iterable[TableName], serv
     the server refuses UPDATE and DELETE on a table whose generated columns are not.
     """
     tables = sorted(set(tables), key=str)
-    cursor.execute("BEGIN")
-    try:
+    with transaction(cursor):
         cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
         create = sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
         if tables:
-            create += sql.SQL(" FOR TABLE {}").format(sql.SQL(", ").join(map(table_identifier, tables)))
-        create += sql.SQL(" WITH (publish = {}").format(sql.Literal(PUBLISH_ALL))
+            create += sql.SQL(" FOR TABLE {}").format(_table_list(tables, filters))
+        create += sql.SQL(" WITH (publish = {}").format(sql.Literal(publish))
         if server_version >= 130000:
             create += sql.SQL(", publish_via_partition_root = true")
         if server_version >= 180000:
@@ -168,10 +189,6 @@ def create_publication(cursor: Any, name: str, tables: Iterable[TableName], serv
         create += sql.SQL(")")
         cursor.execute(create)
         cursor.execute(sql.SQL("COMMENT ON PUBLICATION {} IS %s").format(sql.Identifier(name)), (owner.marker(),))
-        cursor.execute("COMMIT")
-    except BaseException:
-        cursor.execute("ROLLBACK")
-        raise
 
 
 def ensure_publication_options(cursor: Any, name: str, server_version: int) -> None:
@@ -186,21 +203,29 @@ def ensure_publication_options(cursor: Any, name: str, server_version: int) -> N
         )
 
 
-def alter_publication(cursor: Any, name: str, add: Iterable[TableName], drop: Iterable[TableName]) -> None:
+def alter_publication(
+    cursor: Any, name: str, add: Iterable[TableName], drop: Iterable[TableName], filters: Mapping[TableName, str] = {}
+) -> None:
+    """Drop tables, then add tables (with their row filters): a table in both gets its
+    new filter."""
     add, drop = sorted(set(add), key=str), sorted(set(drop), key=str)
     publication = sql.Identifier(name)
-    if add:
-        cursor.execute(
-            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                publication, sql.SQL(", ").join(map(table_identifier, add))
-            )
-        )
     if drop:
         cursor.execute(
             sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                 publication, sql.SQL(", ").join(map(table_identifier, drop))
             )
         )
+    if add:
+        cursor.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(publication, _table_list(add, filters)))
+
+
+def _table_list(tables: Sequence[TableName], filters: Mapping[TableName, str]) -> sql.Composable:
+    # A filter is SQL text that row_filters composed of identifiers and literals.
+    return sql.SQL(", ").join(
+        table_identifier(table) + (sql.SQL(" WHERE ({})").format(sql.SQL(filters[table])) if table in filters else sql.SQL(""))
+        for table in tables
+    )
 
 
 def publication_tables(cursor: Any, name: str) -> "Optional[Set[TableName]]":

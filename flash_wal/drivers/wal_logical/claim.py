@@ -6,9 +6,10 @@ only what it can tell it made (see ``ownership``).
 """
 
 import logging
-from typing import Any, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from ...errors import ConfigurationError, SlotInUseError
+from ...operations import Operation
 from ...table_name import TableName
 from . import catalog, ownership
 
@@ -59,8 +60,11 @@ def _check_durable_leftover(cursor: Any, config: Any, foreign: Optional[str]) ->
     """A client with durable=False replaces an inactive slot of its name only when
     flash_wal can tell it made it: a pgoutput slot of this database whose publication
     says this configuration made it durable."""
-    prefix, slot, name = config.publication_slot_prefix, config.replication_slot, config.publication_name
-    owner = ownership.check_publication(cursor, name, prefix, slot)
+    prefix, slot = config.publication_slot_prefix, config.replication_slot
+    names = (*config.publication_names, config.publication_name)  # with the earlier versions' one
+    owners = [ownership.check_publication(cursor, name, prefix, slot) for name in names]
+    owner = next((owner for owner in owners if owner is not None), None)
+    name = names[owners.index(owner)] if owner is not None else config.publication_names[0]
     if foreign is None and owner is not None and owner.durable:
         return
     if foreign is not None:
@@ -77,24 +81,34 @@ def _check_durable_leftover(cursor: Any, config: Any, foreign: Optional[str]) ->
     )
 
 
-def resumed_publication(cursor: Any, config: Any) -> Tuple[str, Optional[Set[TableName]]]:
-    """The name and tables of a resumed durable slot's publication (tables None if it
-    has none).
+def resumed_publications(
+    cursor: Any, config: Any
+) -> Tuple[Dict[str, Operation], Dict[str, Optional[Set[TableName]]]]:
+    """The publications of a resumed durable slot, with the operations each publishes,
+    and the tables each holds now (None for one that does not exist).
 
-    A slot made by flash_wal 0.1.0 is resumed with its publication's old name: the
-    slot's WAL is decoded with the publications as they were named then, so one made now
-    under the new name would not be seen for it.
+    The slot's WAL is decoded with the publications as they were named then, so one
+    made now under another name would not be seen for it: a slot made by an earlier
+    version, with its one publication for every operation (``<prefix>-<slot>``, or
+    ``<prefix>_<slot>`` from flash_wal 0.1.0), goes on with it.
     """
-    prefix, slot, name = config.publication_slot_prefix, config.replication_slot, config.publication_name
-    if ownership.check_publication(cursor, name, prefix, slot) is None:
-        legacy = ownership.legacy_publication_name(prefix, slot)
-        tables = catalog.publication_tables(cursor, legacy)
+    prefix, slot = config.publication_slot_prefix, config.replication_slot
+    per_operation = {name: operation for operation, name in ownership.operation_publication_names(prefix, slot).items()}
+    owners = [ownership.check_publication(cursor, name, prefix, slot) for name in per_operation]
+    if not any(owners):
+        earlier = config.publication_name
+        tables = catalog.publication_tables(cursor, earlier) if ownership.check_publication(
+            cursor, earlier, prefix, slot) is not None else None
+        if tables is None:
+            earlier = ownership.legacy_publication_name(prefix, slot)
+            tables = catalog.publication_tables(cursor, earlier)
         if tables is not None:
+            made = "named as by flash_wal 0.1.0" if earlier != config.publication_name else "made by an earlier version"
             logger.warning(
-                "resuming the durable slot %s with its publication %s, named as by flash_wal 0.1.0; "
-                "it is used and kept as it is. Run 'flash-wal cleanup --prefix %s --slot %s' once it is no "
-                "longer needed to move to the new name %s (what the slot kept is then lost)",
-                slot, legacy, prefix, slot, name,
+                "resuming the durable slot %s with its publication %s, %s for every operation; it is used and "
+                "kept as it is. Run 'flash-wal cleanup --prefix %s --slot %s' once it is no longer needed to "
+                "publish only the operations listeners want (what the slot kept is then lost)",
+                slot, earlier, made, prefix, slot,
             )
-            return legacy, tables
-    return name, catalog.publication_tables(cursor, name)
+            return {earlier: Operation.ALL}, {earlier: tables}
+    return per_operation, {name: catalog.publication_tables(cursor, name) for name in per_operation}

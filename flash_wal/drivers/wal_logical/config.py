@@ -1,7 +1,7 @@
 """The wal_logical driver's settings, checked when made."""
 
 import re
-from typing import Any
+from typing import Any, Tuple
 
 import attr
 
@@ -27,9 +27,10 @@ def _check_server_name(_instance: Any, attribute: "attr.Attribute[str]", value: 
 class DriverConfig:
     """Settings of the wal_logical driver. Every instance needs its own names."""
 
-    #: Start of the publication's name, which is
-    #: ``<publication_slot_prefix>-<replication_slot>`` (63 bytes at most). Unique per
-    #: client. Names are 1 to 63 lower-case letters, digits and underscores.
+    #: Start of the publications' names, which are
+    #: ``<publication_slot_prefix>-<replication_slot>-<operation>`` (63 bytes at most:
+    #: with ``-truncate``, prefix and slot together have 53). Unique per client. Names
+    #: are 1 to 63 lower-case letters, digits and underscores.
     publication_slot_prefix: str = attr.ib(default="flash_publication", validator=_check_server_name)
     #: The replication slot's exact name. Unique per running client.
     replication_slot: str = attr.ib(default="flash_replication", validator=_check_server_name)
@@ -71,16 +72,28 @@ class DriverConfig:
     #: The longest wait between two reconnection attempts.
     reconnect_max_delay: float = attr.ib(default=30.0, validator=seconds(0, inclusive=False))
 
+    #: ``True`` (PostgreSQL 15+): the listeners' conditions also become the
+    #: publications' row filters, so rows no listener wants are not sent (the server
+    #: still decodes them). Events are the same either way; older servers ignore it.
+    server_filters: bool = attr.ib(default=False, validator=instance_of(bool))
+
     def __attrs_post_init__(self) -> None:
-        if len(self.publication_name) > _MAX_NAME_BYTES:
+        longest = max(self.publication_names, key=len)
+        if len(longest) > _MAX_NAME_BYTES:
             raise ConfigurationError(
                 f"publication_slot_prefix and replication_slot together name the publication "
-                f"{self.publication_name!r}, longer than {_MAX_NAME_BYTES} bytes; shorten them"
+                f"{longest!r}, longer than {_MAX_NAME_BYTES} bytes; shorten them"
             )
 
     @property
     def publication_name(self) -> str:
-        """The publication's name: derived from both names, so a restart finds it again,
-        and joined by a hyphen, which neither may contain, so that no two configurations
-        share it."""
+        """The start of the publications' names, ``<prefix>-<slot>``, and the name of the
+        one publication earlier versions made: derived from both names, so a restart
+        finds it again, and joined by a hyphen, which neither may contain, so that no two
+        configurations share it."""
         return ownership.publication_name(self.publication_slot_prefix, self.replication_slot)
+
+    @property
+    def publication_names(self) -> Tuple[str, ...]:
+        """The publications of this configuration, one per operation (see :mod:`.publications`)."""
+        return tuple(ownership.operation_publication_names(self.publication_slot_prefix, self.replication_slot).values())

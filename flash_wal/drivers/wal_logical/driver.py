@@ -18,10 +18,11 @@ from ...connection import connect, mask_dsn
 from ...errors import ConfigurationError, FlashError, SlotInUseError, one_line
 from ...conditions import Condition
 from ...listener import Listener
+from ...operations import Operation
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, column_types, identity, keys, ownership
+from . import catalog, claim, column_types, identity, keys, ownership, publications, row_filters
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -43,12 +44,14 @@ class Driver(base.Driver):
         self._owner = ownership.PublicationOwner(
             prefix=config.publication_slot_prefix, slot=config.replication_slot, durable=config.durable
         )
-        self._watch = PublicationWatch(config.publication_name, self._owner)
+        per_operation = ownership.operation_publication_names(config.publication_slot_prefix, config.replication_slot)
+        self._watch = PublicationWatch({name: op for op, name in per_operation.items()}, self._owner)
         self._on_fatal: Optional[Callable[[BaseException], None]] = None
         self.server_version = 0
         self.protocol_version = 0
         #: The listeners whose conditions are typed: attach types only the new ones.
         self._typed: Set[Listener] = set()
+        self._told_no_filters = False
 
     # --- base.Driver ------------------------------------------------------------------
 
@@ -85,29 +88,32 @@ class Driver(base.Driver):
                 cursor, infos.values(), full=config.replica_identity_full, server_version=self.server_version
             )
             slot_existed = claim.claim_slot(cursor, config)
-            current = None
+            current: Dict[str, Optional[Set[TableName]]] = {}
             watch = self._watch
             watch.server_version = self.server_version
             if slot_existed:
-                watch.name, current = claim.resumed_publication(cursor, config)
-            if current is not None:
-                # Resuming: the slot's WAL is decoded with the publication as it was
-                # then, so it is altered, never replaced.
-                catalog.alter_publication(cursor, watch.name, add=set(infos) - current, drop=current - set(infos))
-                catalog.ensure_publication_options(cursor, watch.name, self.server_version)
+                watch.publications, current = claim.resumed_publications(cursor, config)
+            needed = publications.needed_operations(listeners)
+            if any(tables is not None for tables in current.values()):
+                # Resuming: the slot's WAL is decoded with the publications as they were
+                # then, so they are altered, never replaced.
+                self._resume_publications(cursor, current, needed)
             else:
-                ownership.check_publication(cursor, watch.name, config.publication_slot_prefix,
-                                            config.replication_slot)
-                catalog.create_publication(cursor, watch.name, infos, self.server_version, self._owner)
+                self._create_publications(cursor, needed)
                 published = True
             identities_before = identity.replica_identities(cursor, (info.oid for info in infos.values()))
             self._set_identities(cursor, infos.values(), install_trigger)
-            watch.record(cursor, infos)
+            watch.record(cursor, infos, needed)
+            # Only now: a filter may use only columns of the replica identity just set.
+            filters = self._row_filters(cursor, infos, listeners)
+            if filters:
+                watch.move(cursor, needed, filters)
+                watch.record(cursor, infos, needed, filters)
             self._on_tables_gone = on_tables_gone
             self._thread = ReplicationThread(
                 connect=lambda replication: connect(database_cnx, replication=replication),
                 slot=config.replication_slot,
-                publication=watch.name,
+                publications=watch.names,
                 create_slot=None if slot_existed else ("persistent" if config.durable else "temporary"),
                 plugin_options=self._plugin_options(),
                 protocol_version=self.protocol_version,
@@ -122,11 +128,17 @@ class Driver(base.Driver):
                 on_fatal=on_fatal,
             )
             self._thread.start_session(timeout=config.setup_timeout)
+            if publications.stale_after_alter(self.server_version):
+                logger.warning(
+                    "PostgreSQL %d may decode changes committed after an ALTER PUBLICATION with the publication as "
+                    "it was, while other transactions run (fixed in the minor releases of May 2025): listeners "
+                    "attached, detached or given new operations while streaming may miss their first changes; "
+                    "update the server", self.server_version)
             logger.info(
-                "streaming from %s: tables %s, %s slot %s, publication %s, pgoutput protocol %d",
+                "streaming from %s: tables %s, %s slot %s, publications %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
                 ("resumed durable" if slot_existed else "durable") if config.durable else "temporary",
-                config.replication_slot, watch.name, self.protocol_version,
+                config.replication_slot, self._publications_shown(), self.protocol_version,
             )
         except BaseException as exc:
             self._clean_up_failed_start(published, drop_slot=not slot_existed, identities=identities_before)
@@ -148,9 +160,12 @@ class Driver(base.Driver):
                     cursor, new_infos, full=self.config.replica_identity_full, server_version=self.server_version
                 )
                 self._set_identities(cursor, new_infos, install_trigger)
-                catalog.alter_publication(cursor, watch.name, add=added, drop=watch.tables - wanted)
-                logger.debug("publication %s now holds %s", watch.name, ", ".join(sorted(map(str, wanted))) or "no table")
-                watch.record(cursor, infos)
+                needed = publications.needed_operations(listeners)
+                filters = self._row_filters(cursor, infos, listeners)
+                watch.move(cursor, needed, filters)
+                logger.debug("published now: %s", ", ".join(
+                    f"{table} ({needed[table]})" for table in sorted(needed, key=str)) or "no table")
+                watch.record(cursor, infos, needed, filters)
                 return catalog.current_wal_lsn(cursor)
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
@@ -167,29 +182,30 @@ class Driver(base.Driver):
             return drained
         with query.lock:
             if query.lost_slot is not None:
-                logger.info("left slot %s and publication %s to the instance that took the slot",
-                            self.config.replication_slot, self._watch.name)
+                logger.info("left slot %s and publications %s to the instance that took the slot",
+                            self.config.replication_slot, ", ".join(self._watch.names))
             elif query.is_open:
                 try:
                     if not self.config.durable:
                         self._remove_server_objects()
-                        logger.debug("removed publication %s and slot %s", self._watch.name,
+                        logger.debug("removed publications %s and slot %s", ", ".join(self._watch.names),
                                      self.config.replication_slot)
                     else:
-                        logger.debug("kept the durable slot %s and publication %s",
-                                     self.config.replication_slot, self._watch.name)
+                        logger.debug("kept the durable slot %s and publications %s",
+                                     self.config.replication_slot, ", ".join(self._watch.names))
                 finally:
                     query.close()
         return drained
 
     def drop(self, database_cnx: str) -> None:
-        """Remove this configuration's slot and publication from the server.
+        """Remove this configuration's slot and publications from the server.
 
         For a durable driver that no client runs any more: what the slot kept is gone.
         A slot of another plugin, database or kind, or a publication flash_wal did not
         make for this configuration, is a ConfigurationError, and nothing is dropped.
-        A publication with the old name ``<prefix>_<slot>`` is dropped too, unless
-        another existing slot's name could have made it (see ``ownership``).
+        The one publication of an earlier version (``<prefix>-<slot>``) is dropped too,
+        and one with the old name ``<prefix>_<slot>`` unless another existing slot's
+        name could have made it (see ``ownership``).
         """
         if self._thread is not None and self._thread.is_alive():
             raise FlashError("close the client before dropping its slot")
@@ -205,11 +221,12 @@ class Driver(base.Driver):
                 )
             ownership.check_slot_is_droppable(cursor, slot)
             report = ownership.slot_report(cursor, prefix, slot)
-            if report.publication is not None and not report.legacy_publication:
-                ownership.check_publication(cursor, report.publication, prefix, slot)
+            if not report.legacy_publication:
+                for name in report.publications:
+                    ownership.check_publication(cursor, name, prefix, slot)
             catalog.drop_slot(cursor, slot)
-            if report.publication is not None:
-                catalog.drop_publication(cursor, report.publication)
+            for name in report.publications:
+                catalog.drop_publication(cursor, name)
         finally:
             conn.close()
 
@@ -220,6 +237,8 @@ class Driver(base.Driver):
     def stats(self) -> Dict[str, Any]:
         figures: Dict[str, Any] = {"lag_bytes": self._lag_bytes()}
         if self._thread is not None:
+            figures["bytes_received"] = self._thread.received.bytes
+            figures["frames_received"] = self._thread.received.frames
             figures["reconnects"] = self._thread.reconnects
             if self._thread.reconnecting:
                 figures["state"] = "reconnecting"
@@ -305,10 +324,64 @@ class Driver(base.Driver):
         self._typed = set(listeners)
         return infos
 
+    def _publications_shown(self) -> str:
+        if set(self._watch.names) == set(self.config.publication_names):
+            return f"{self.config.publication_name}-{{{','.join(ownership.OPERATION_SUFFIXES.values())}}}"
+        return ", ".join(self._watch.names)
+
+    def _row_filters(
+        self, cursor: Any, infos: Dict[TableName, catalog.TableInfo], listeners: Sequence[Listener],
+    ) -> Dict[str, Dict[TableName, str]]:
+        """The row filters of the publications' tables; none unless server_filters."""
+        if not self.config.server_filters:
+            return {}
+        if self.server_version < 150000:
+            if not self._told_no_filters:
+                self._told_no_filters = True
+                logger.info("server_filters=True is ignored: row filters need PostgreSQL 15 or later (this is %d); "
+                            "the client applies the listeners' conditions itself", self.server_version)
+            return {}
+        by_operation = row_filters.row_filters(cursor, infos, listeners)
+        filters = row_filters.filters_by_publication(self._watch.publications, by_operation)
+        for name, tables in sorted(filters.items()):
+            for table, text in sorted(tables.items(), key=lambda item: str(item[0])):
+                logger.debug("publication %s filters %s: %s", name, table, text)
+        return {name: tables for name, tables in filters.items() if tables}
+
+    def _create_publications(self, cursor: Any, needed: Dict[TableName, Operation]) -> None:
+        config = self.config
+        prefix, slot = config.publication_slot_prefix, config.replication_slot
+        for name in self._watch.names:
+            ownership.check_publication(cursor, name, prefix, slot)
+        with catalog.transaction(cursor):
+            if ownership.check_publication(cursor, config.publication_name, prefix, slot) is not None:
+                # An earlier version's one publication: the slot it served is gone.
+                catalog.drop_publication(cursor, config.publication_name)
+            self._watch.create(cursor, needed)
+
+    def _resume_publications(
+        self, cursor: Any, current: Dict[str, Optional[Set[TableName]]], needed: Dict[TableName, Operation]
+    ) -> None:
+        watch = self._watch
+        with catalog.transaction(cursor):
+            for name, tables in current.items():
+                if tables is None:  # dropped by someone: made again, empty, then filled
+                    catalog.create_publication(cursor, name, (), self.server_version, self._owner,
+                                               publications.publish_option(watch.publications[name]))
+            # A filter left by a run with server_filters: dropped here, made again once
+            # the identities are set.
+            left = {name: {table: "" for table in row_filters.row_filtered_tables(cursor, name, self.server_version)}
+                    for name, tables in current.items() if tables}
+            watch.move(cursor, needed, current={name: tables or set() for name, tables in current.items()},
+                       current_filters=left)
+            for name in watch.names:
+                catalog.ensure_publication_options(cursor, name, self.server_version)
+
     def _plugin_options(self) -> Dict[str, str]:
         options = {
             "proto_version": str(self.protocol_version),
-            "publication_names": self._watch.name,
+            # pgoutput reads a comma-separated list (names of [a-z0-9_-] need no quotes).
+            "publication_names": ",".join(self._watch.names),
         }
         if self.server_version >= 140000:
             options["messages"] = "true"
@@ -318,7 +391,8 @@ class Driver(base.Driver):
 
     def _remove_server_objects(self) -> None:
         cursor = self._started().cursor()
-        catalog.drop_publication(cursor, self._watch.name)
+        for name in self._watch.names:
+            catalog.drop_publication(cursor, name)
         # A temporary slot goes when its walsender exits, a moment after we disconnect;
         # a persistent one is dropped once that walsender lets go of it.
         state = catalog.wait_for_slot(cursor, self.config.replication_slot, 10.0, gone=not self.config.durable)

@@ -1,11 +1,13 @@
 """Which server objects belong to which configuration.
 
 A configuration is a ``(publication_slot_prefix, replication_slot)`` pair. Its slot is
-named ``replication_slot``; its publication ``<prefix>-<slot>``: both names are made of
-``[a-z0-9_]``, so the hyphen tells where the prefix ends and no two configurations share
-a publication (with an underscore, prefix ``a`` and slot ``b_s`` met prefix ``a_b`` and
-slot ``s``). flash_wal 0.1.0 used the underscore: a durable slot of that time is
-still resumed with its old publication (see :func:`legacy_publication_name`).
+named ``replication_slot``; its publications ``<prefix>-<slot>-<operation>``, one per
+operation (``insert``, ``update``, ``delete``, ``truncate``: see :mod:`.publications`):
+both names are made of ``[a-z0-9_]``, so the first hyphen tells where the prefix ends
+and no two configurations share a publication (with an underscore, prefix ``a`` and
+slot ``b_s`` met prefix ``a_b`` and slot ``s``). Earlier versions made one publication
+for every operation: ``<prefix>-<slot>``, and in flash_wal 0.1.0 ``<prefix>_<slot>``; a
+durable slot of that time is still resumed with it (see :func:`legacy_publication_name`).
 
 flash_wal drops or changes only what it can tell it made: every publication it creates
 carries a comment (:class:`PublicationOwner`) naming the configuration, and whether that
@@ -13,14 +15,15 @@ configuration's slot is durable.
 """
 
 import re
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import attr
 from ...errors import ConfigurationError
+from ...operations import Operation
 
 __all__ = [
     "PUBLICATION_SEPARATOR", "PublicationOwner", "SlotReport", "check_publication", "check_slot_is_droppable", "foreign_slot",
-    "legacy_publication_name", "prefix_report", "publication_name", "slot_report",
+    "legacy_publication_name", "operation_publication_names", "prefix_report", "publication_name", "slot_report",
 ]
 
 #: Between publication_slot_prefix and replication_slot in a publication's name; neither
@@ -30,6 +33,19 @@ PUBLICATION_SEPARATOR = "-"
 
 def publication_name(prefix: str, slot: str) -> str:
     return f"{prefix}{PUBLICATION_SEPARATOR}{slot}"
+
+
+#: The last part of the name of each operation's publication.
+OPERATION_SUFFIXES = {
+    Operation.INSERT: "insert", Operation.UPDATE: "update", Operation.DELETE: "delete", Operation.TRUNCATE: "truncate",
+}
+
+
+def operation_publication_names(prefix: str, slot: str) -> Dict[Operation, str]:
+    """The publication of each operation: the server publishes an operation of a table
+    when the table is in that operation's publication."""
+    base = publication_name(prefix, slot)
+    return {operation: f"{base}{PUBLICATION_SEPARATOR}{suffix}" for operation, suffix in OPERATION_SUFFIXES.items()}
 
 
 def legacy_publication_name(prefix: str, slot: str) -> str:
@@ -97,8 +113,9 @@ class SlotReport:
     """What the server holds for one replication slot name of a prefix."""
 
     slot: str = attr.ib()
-    publication: Optional[str] = attr.ib()
-    #: The publication has the name flash_wal 0.1.0 gave it (``<prefix>_<slot>``).
+    #: The configuration's publications, sorted; empty when there is none.
+    publications: Sequence[str] = attr.ib()
+    #: The one publication has the name flash_wal 0.1.0 gave it (``<prefix>_<slot>``).
     legacy_publication: bool = attr.ib()
     tables: Sequence[str] = attr.ib()
     exists: bool = attr.ib()
@@ -112,8 +129,9 @@ class SlotReport:
 
 
 def prefix_report(cursor: Any, prefix: str, slots: Iterable[str] = ()) -> List[SlotReport]:
-    """The configurations of ``prefix``: each slot whose publication ``<prefix>-<slot>``
-    exists, and each of the named ``slots``.
+    """The configurations of ``prefix``: each slot with a publication
+    ``<prefix>-<slot>-<operation>`` (or ``<prefix>-<slot>``, as earlier versions named
+    it), and each of the named ``slots``.
 
     A publication with the old name ``<prefix>_<slot>`` counts only when nothing else
     could have made it: its slot exists (or is named) and no other slot ``s`` completes
@@ -121,9 +139,13 @@ def prefix_report(cursor: Any, prefix: str, slots: Iterable[str] = ()) -> List[S
     reported as prefix ``a``'s.
     """
     cursor.execute(
-        "WITH pubs AS ("
-        "  SELECT pubname::text, substr(pubname, length(%(prefix)s) + 2) AS slot_name"
+        "WITH named_pubs AS ("
+        "  SELECT pubname::text, substr(pubname, length(%(prefix)s) + 2) AS rest"
         "  FROM pg_catalog.pg_publication WHERE left(pubname, length(%(prefix)s) + 1) = %(prefix)s || %(sep)s"
+        "), pubs AS ("
+        "  SELECT pubname, split_part(rest, %(sep)s, 1) AS slot_name FROM named_pubs"
+        "  WHERE rest = split_part(rest, %(sep)s, 1)"
+        "   OR substr(rest, length(split_part(rest, %(sep)s, 1)) + 2) = ANY(%(suffixes)s::text[])"
         "), candidates AS ("
         "  SELECT slot_name::text FROM pg_catalog.pg_replication_slots UNION SELECT unnest(%(slots)s::text[])"
         "), legacy AS ("
@@ -136,25 +158,28 @@ def prefix_report(cursor: Any, prefix: str, slots: Iterable[str] = ()) -> List[S
         "  SELECT slot_name FROM pubs UNION SELECT unnest(%(slots)s::text[])"
         "  UNION SELECT legacy.slot_name FROM legacy JOIN pg_catalog.pg_replication_slots s USING (slot_name)"
         "), chosen AS ("
-        "  SELECT n.slot_name, coalesce(pubs.pubname, legacy.pubname) AS pubname,"
-        "   pubs.pubname IS NULL AND legacy.pubname IS NOT NULL AS legacy"
-        "  FROM named n LEFT JOIN pubs USING (slot_name) LEFT JOIN legacy USING (slot_name)"
+        "  SELECT n.slot_name, CASE WHEN EXISTS (SELECT 1 FROM pubs WHERE pubs.slot_name = n.slot_name)"
+        "    THEN ARRAY(SELECT pubname FROM pubs WHERE pubs.slot_name = n.slot_name ORDER BY 1)"
+        "    ELSE ARRAY(SELECT legacy.pubname FROM legacy WHERE legacy.slot_name = n.slot_name) END AS pubnames"
+        "  FROM named n"
         ")"
-        " SELECT c.slot_name, c.pubname, c.legacy,"
-        "  ARRAY(SELECT t.schemaname || '.' || t.tablename FROM pg_catalog.pg_publication_tables t"
-        "        WHERE t.pubname = c.pubname ORDER BY 1),"
+        " SELECT c.slot_name, c.pubnames,"
+        "  cardinality(c.pubnames) = 1 AND c.pubnames[1] = %(prefix)s || '_' || c.slot_name,"
+        "  ARRAY(SELECT DISTINCT t.schemaname || '.' || t.tablename FROM pg_catalog.pg_publication_tables t"
+        "        WHERE t.pubname = ANY(c.pubnames) ORDER BY 1),"
         "  s.slot_name IS NOT NULL, s.temporary, s.active_pid,"
         "  (pg_catalog.pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8,"
         "  pg_catalog.to_jsonb(s) ->> 'wal_status', s.plugin::text, s.database::text"
         " FROM chosen c LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = c.slot_name"
         " ORDER BY 1",
-        {"prefix": prefix, "slots": list(slots), "sep": PUBLICATION_SEPARATOR},
+        {"prefix": prefix, "slots": list(slots), "sep": PUBLICATION_SEPARATOR,
+         "suffixes": list(OPERATION_SUFFIXES.values())},
     )
     return [
-        SlotReport(slot=slot, publication=publication, legacy_publication=legacy, tables=tuple(tables),
+        SlotReport(slot=slot, publications=tuple(publications), legacy_publication=legacy, tables=tuple(tables),
                    exists=exists, temporary=temporary, active_pid=pid, lag_bytes=lag, wal_status=wal_status,
                    plugin=plugin, database=database)
-        for slot, publication, legacy, tables, exists, temporary, pid, lag, wal_status, plugin, database
+        for slot, publications, legacy, tables, exists, temporary, pid, lag, wal_status, plugin, database
         in cursor.fetchall()
     ]
 

@@ -16,7 +16,7 @@ import logging
 import select
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import psycopg2
 import psycopg2.errors
@@ -35,7 +35,7 @@ from .failures import (
 from .feedback import StatusPolicy
 from .catalog import invalidated_slot_error
 from .translator import ChangeTranslator
-from .wire import ReplicationWire
+from .wire import Received, ReplicationWire
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ReplicationThread(threading.Thread):
         *,
         connect: Callable[..., Any],
         slot: str,
-        publication: str,
+        publications: Sequence[str],
         create_slot: Optional[str],
         plugin_options: Dict[str, str],
         protocol_version: int,
@@ -65,7 +65,7 @@ class ReplicationThread(threading.Thread):
         super().__init__(name=f"flash_wal-replication-{slot}", daemon=True)
         self._connect = connect
         self._slot = slot
-        self._publication = publication
+        self._publications = tuple(publications)
         self._create_slot = create_slot  # "temporary", "persistent", or None to resume it
         self._temporary = create_slot == "temporary"
         self._plugin_options = plugin_options
@@ -79,6 +79,7 @@ class ReplicationThread(threading.Thread):
         self._check_publication = check_publication
         self._next_check = 0.0
         self._publication_gap: Optional[str] = None  # the server's warning, once it came
+        self.received = Received()
         self._waker = Waker()
         self._stopping = False
         self._idle = False  # in select(): an advanced acknowledgement should wake it
@@ -139,7 +140,7 @@ class ReplicationThread(threading.Thread):
         # Called by libpq between frames. PostgreSQL 18 warns, and skips the changes,
         # when it decodes WAL written while the publication did not exist.
         logger.warning("the server warns: %s", message)
-        if f'"{self._publication}"' in message:
+        if any(f'"{name}"' in message for name in self._publications):
             self._publication_gap = message
             self._policy.next_at = float("-inf")  # stop at the next frame, before any update
 
@@ -235,7 +236,7 @@ class ReplicationThread(threading.Thread):
                 raise invalidated_slot_error(self._slot, one_line(exc)) from exc
             raise
         self._policy = _carried_over(self._policy, heartbeat)
-        return ReplicationWire(conn, self._server_warning)
+        return ReplicationWire(conn, self._server_warning, self.received)
 
     def _reconnect(self) -> Optional[ReplicationWire]:
         """Open a new session, backing off between tries, until it works or we stop."""
@@ -351,7 +352,7 @@ class ReplicationThread(threading.Thread):
         """Send a status update if one is due: the position the policy allows."""
         if self._publication_gap is not None:
             raise PublicationGap(
-                f"the server skipped changes because publication {self._publication!r} did not exist "
+                f"the server skipped changes because a publication of {', '.join(self._publications)} did not exist "
                 f"for part of the WAL ({self._publication_gap}): it was dropped while slot "
                 f"{self._slot!r} still needed it. Nothing past that point was acknowledged. Drop the "
                 "slot (Driver.drop or 'flash-wal cleanup') and start again; the skipped changes are lost"

@@ -73,6 +73,20 @@ class SessionEnded(psycopg2.OperationalError):
     """The server ended the session without an error: it is shutting down."""
 
 
+class Received:
+    """What the client read from the replication connection, over every session: what
+    ``publish`` and row filters save shows here (the server's own statistics count
+    changes before publications filter them)."""
+
+    __slots__ = ("bytes", "frames")
+
+    def __init__(self) -> None:
+        #: Bytes of every replication message read (changes and keepalives, with headers).
+        self.bytes = 0
+        #: XLogData frames read: one per pgoutput message.
+        self.frames = 0
+
+
 class ReplicationWire:
     """Reads the XLogData frames of a started replication and sends status updates.
 
@@ -82,7 +96,7 @@ class ReplicationWire:
     warnings go to ``on_warning(message)`` as they arrive between frames.
     """
 
-    def __init__(self, connection: Any, on_warning: Callable[[str], None]) -> None:
+    def __init__(self, connection: Any, on_warning: Callable[[str], None], received: "Optional[Received]" = None) -> None:
         self._connection = connection  # kept alive: it owns the PGconn
         self._pgconn = ctypes.c_void_p(connection.pgconn_ptr)
         # Slicing a char pointer copies the frame into bytes in one step, at a quarter
@@ -92,6 +106,7 @@ class ReplicationWire:
         self._async = ctypes.c_int(1)
         self.server_wal_end = 0
         self.reply_requested = False
+        self.received = Received() if received is None else received
         self._on_warning = on_warning
         # Kept as an attribute: libpq holds only the C pointer.
         self._notice_receiver = _NoticeReceiver(self._notice)
@@ -110,14 +125,17 @@ class ReplicationWire:
     def read(self) -> Optional[Tuple[int, bytes]]:
         pgconn, buffer, buffer_ref, libpq = self._pgconn, self._buffer, self._buffer_ref, _libpq
         get_copy_data, free, nonblocking = libpq.PQgetCopyData, libpq.PQfreemem, self._async
+        received = self.received
         consumed = False
         while True:
             length = get_copy_data(pgconn, buffer_ref, nonblocking)
             if length > 0:
                 frame: bytes = buffer[:length]  # type: ignore[assignment]  # a c_char pointer slices to bytes
                 free(buffer)
+                received.bytes += length
                 kind = frame[0]
                 if kind == 0x77:  # b"w": XLogData
+                    received.frames += 1
                     return _XLOG_DATA.unpack_from(frame, 1)[0], frame[25:]
                 if kind == 0x6B:  # b"k": primary keepalive
                     wal_end, _sent, reply = _KEEPALIVE.unpack_from(frame, 1)
