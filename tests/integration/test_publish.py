@@ -196,3 +196,18 @@ def test_bytes_and_frames_received_grow_with_what_the_server_sends(make_client, 
         recorder.wait(1)
         wait_for(lambda: received(client)[1] >= before[1] + 3, what="begin, insert and commit counted")
         assert received(client)[0] - before[0] > 5000
+
+
+def test_a_server_that_may_decode_with_a_stale_publication_is_named_at_the_first_change_of_listeners(
+    make_client, make_table, server_version, caplog,
+):
+    # Said when it matters, once: not at start (most clients never change their
+    # listeners), at the first attach while streaming.
+    client = make_client()
+    client.on(make_table(), Operation.INSERT)(lambda event: None)
+    with client:
+        assert "ALTER PUBLICATION" not in caplog.text
+        client.on(make_table(), Operation.DELETE)(lambda event: None)
+        client.on(make_table(), Operation.DELETE)(lambda event: None)
+    warnings = [r for r in caplog.records if "ALTER PUBLICATION" in r.getMessage()]
+    assert len(warnings) == (1 if stale_after_alter(server_version) else 0)

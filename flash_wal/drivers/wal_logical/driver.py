@@ -52,6 +52,7 @@ class Driver(base.Driver):
         #: The listeners whose conditions are typed: attach types only the new ones.
         self._typed: Set[Listener] = set()
         self._told_no_filters = False
+        self._warned_stale = False  # see listen()
 
     # --- base.Driver ------------------------------------------------------------------
 
@@ -128,12 +129,6 @@ class Driver(base.Driver):
                 on_fatal=on_fatal,
             )
             self._thread.start_session(timeout=config.setup_timeout)
-            if publications.stale_after_alter(self.server_version):
-                logger.warning(
-                    "PostgreSQL %d may decode changes committed after an ALTER PUBLICATION with the publication as "
-                    "it was, while other transactions run (fixed in the minor releases of May 2025): listeners "
-                    "attached, detached or given new operations while streaming may miss their first changes; "
-                    "update the server", self.server_version)
             logger.info(
                 "streaming from %s: tables %s, %s slot %s, publications %s, pgoutput protocol %d",
                 mask_dsn(database_cnx), ", ".join(sorted(map(str, infos))) or "(none yet)",
@@ -149,6 +144,15 @@ class Driver(base.Driver):
 
     def listen(self, listeners: Sequence[Listener]) -> int:
         query, watch = self._started(), self._watch
+        if not self._warned_stale and publications.stale_after_alter(self.server_version):
+            # Said once, when it first matters: only a change of listeners while
+            # streaming alters the publications under a running session.
+            self._warned_stale = True
+            logger.warning(
+                "PostgreSQL %d may decode changes committed after an ALTER PUBLICATION with the publication as "
+                "it was, while other transactions run (seen on 16.2): listeners attached, detached or given new "
+                "operations while streaming may miss their first changes; a later minor release of the server "
+                "avoids it", self.server_version)
         with query.lock:
             cursor = query.cursor()
             try:
