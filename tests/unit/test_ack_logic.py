@@ -9,7 +9,7 @@ import pytest
 
 from flash_wal import Listener, Operation
 from flash_wal.dispatcher import Dispatcher
-from flash_wal.drivers.wal_logical.feedback import StatusPolicy
+from flash_wal.drivers.wal_logical.feedback import StatusPolicy, heartbeat_interval
 from flash_wal.drivers.wal_logical.translator import ChangeTranslator
 from flash_wal.pgoutput import Begin, Commit, Insert, PgOutputParser, StreamCommit, StreamStart, StreamStop
 from flash_wal.table_name import TableName
@@ -45,6 +45,12 @@ def test_updates_are_due_on_request_on_heartbeat_and_soon_after_progress():
     assert policy.due(100.5, position=60, reply_requested=False)
     assert not policy.due(109, position=50, reply_requested=False)  # nothing moved
     assert policy.due(110, position=50, reply_requested=False)  # the heartbeat
+
+
+def test_the_heartbeat_comes_three_times_per_wal_sender_timeout_at_most_every_status_interval():
+    assert heartbeat_interval(10.0, 60_000) == 10.0
+    assert heartbeat_interval(10.0, 1_000) == pytest.approx(1 / 3)
+    assert heartbeat_interval(10.0, 0) == 10.0  # no timeout on the server
 
 
 def test_progress_brings_the_next_update_forward():

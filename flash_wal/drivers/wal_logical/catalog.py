@@ -50,6 +50,13 @@ def protocol_version_for(version_num: int) -> int:
     return 1
 
 
+def wal_sender_timeout_ms(cursor: Any) -> int:
+    """The server's wal_sender_timeout in milliseconds (0: none)."""
+    cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'")
+    timeout_ms: int = cursor.fetchone()[0]
+    return timeout_ms
+
+
 def current_wal_lsn(cursor: Any) -> int:
     cursor.execute("SELECT (pg_catalog.pg_current_wal_lsn() - '0/0'::pg_lsn)::int8")
     lsn: int = cursor.fetchone()[0]

@@ -23,7 +23,19 @@ Updates go out:
 
 import math
 
-__all__ = ["StatusPolicy"]
+__all__ = ["StatusPolicy", "heartbeat_interval"]
+
+
+def heartbeat_interval(status_interval: float, wal_sender_timeout_ms: int) -> float:
+    """How often to send status updates, moved or not.
+
+    The server ends a session that has not answered for wal_sender_timeout; while the
+    thread replays or waits for callbacks it reads no keepalive requests, so its
+    unprompted updates must come often enough on their own: three per timeout.
+    """
+    if wal_sender_timeout_ms <= 0:
+        return status_interval
+    return min(status_interval, wal_sender_timeout_ms / 1000 / 3)
 
 
 class StatusPolicy:

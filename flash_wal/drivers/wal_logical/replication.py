@@ -32,8 +32,8 @@ from .failures import (
     PublicationGap, as_flash_error, is_connection_loss, is_invalidated, is_publication_missing,
     publication_missing_error,
 )
-from .feedback import StatusPolicy
-from .catalog import invalidated_slot_error
+from .feedback import StatusPolicy, heartbeat_interval
+from .catalog import invalidated_slot_error, wal_sender_timeout_ms
 from .translator import ChangeTranslator
 from .wire import Received, ReplicationWire
 
@@ -199,7 +199,7 @@ class ReplicationThread(threading.Thread):
         with self._conn_lock:
             self._conn = conn
         cursor = conn.cursor()
-        heartbeat = self._heartbeat_interval_for(cursor)
+        heartbeat = heartbeat_interval(self._status_interval, wal_sender_timeout_ms(cursor))
         if create_slot is not None:
             temporary = sql.SQL(" TEMPORARY" if create_slot == "temporary" else "")
             with self._conn_lock:
@@ -371,19 +371,6 @@ class ReplicationThread(threading.Thread):
         if position > policy.sent_lsn:
             logger.debug("acknowledged up to %s", format_lsn(position))
         policy.sent(now, position)
-
-    def _heartbeat_interval_for(self, cursor: Any) -> float:
-        """How often to send status updates, moved or not.
-
-        The server ends a session that has not answered for wal_sender_timeout; while
-        the thread replays or waits for callbacks it reads no keepalive requests, so
-        its unprompted updates must come often enough on their own.
-        """
-        cursor.execute("SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'wal_sender_timeout'")
-        timeout_ms: int = cursor.fetchone()[0]
-        if timeout_ms <= 0:
-            return self._status_interval
-        return min(self._status_interval, timeout_ms / 1000 / 3)
 
     def _wait_for_room(self, wire: ReplicationWire) -> None:
         """The workers are behind: read nothing new, but keep the server answered."""
