@@ -7,7 +7,8 @@ that listeners registered for it.
 
 from .client import Client, ClientConfig
 from .errors import ConfigurationError, FlashError, ProtocolError, ReplicationError
-from .events import DeleteEvent, Event, InsertEvent, MessageEvent, TruncateEvent, UpdateEvent
+from .backfill import Backfill
+from .events import DeleteEvent, Event, InsertEvent, MessageEvent, ReadEvent, TruncateEvent, UpdateEvent
 from .listener import Condition, Listener, ListenerConfig
 from .operations import Operation
 from .sentinels import UNCHANGED_TOAST
@@ -26,7 +27,9 @@ __all__ = [
     "UpdateEvent",
     "DeleteEvent",
     "TruncateEvent",
+    "ReadEvent",
     "MessageEvent",
+    "Backfill",
     "UNCHANGED_TOAST",
     "FlashError",
     "ConfigurationError",

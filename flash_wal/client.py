@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 
 import attr
 
+from .backfill import DEFAULT_CHUNK_SIZE, Backfill
 from .connection import mask_dsn
 from .dispatcher import Dispatcher, ErrorHandler
 from .drivers.base import Driver
@@ -105,6 +106,9 @@ class Client:
         self._done = threading.Event()
         self._closed = threading.Event()
         self._fatal: Optional[BaseException] = None
+        self._backfills: List[Backfill] = []  # every one of this client's life
+        self._backfill_of: Dict[Listener, Backfill] = {}
+        self._backfill_ordinals: Dict[Listener, int] = {}
 
     # --- listeners --------------------------------------------------------------------
 
@@ -123,6 +127,10 @@ class Client:
                 self._dispatcher.attach(listener, since_lsn)
                 listener.operations_watchers.append(self._operations_changed)
             self._listeners = wanted
+            if self._state is ClientState.STREAMING:
+                for listener in listeners:
+                    if listener.config.backfill:
+                        self.backfill(listener, DEFAULT_CHUNK_SIZE)
 
     def detach(self, *listeners: Listener) -> None:
         """Detach listeners; their callbacks are not called again once this returns.
@@ -136,6 +144,9 @@ class Client:
                     raise ConfigurationError(f"{listener!r} is not attached")
             remaining = [l for l in self._listeners if l not in listeners]
             for listener in listeners:
+                running = self._backfill_of.pop(listener, None)
+                if running is not None:
+                    running.cancel()
                 self._dispatcher.detach(listener)
                 listener.operations_watchers.remove(self._operations_changed)
             self._listeners = remaining
@@ -190,6 +201,36 @@ class Client:
     def listeners(self) -> List[Listener]:
         return list(self._listeners)
 
+    # --- backfill ---------------------------------------------------------------------
+
+    def backfill(self, listener: Listener, chunk_size: int = 1000) -> Backfill:
+        """Deliver the rows already in ``listener``'s table as ReadEvents,
+        merged into the stream while changes keep coming; returns at once.
+
+        Rows are read in key order, ``chunk_size`` at a time, one short transaction per
+        chunk. While that listener's backfill runs, this returns it rather than starting
+        another. A table without a key is a ConfigurationError.
+        """
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigurationError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        with self._lock:
+            if self._state is not ClientState.STREAMING:
+                raise FlashError(f"the client is {self._state.reported}: backfill() works once start() returned")
+            if listener not in self._listeners:
+                raise ConfigurationError(f"attach {listener!r} before backfilling it")
+            running = self._backfill_of.get(listener)
+            if running is not None and running.state == "running":
+                return running
+            ordinal = self._backfill_ordinals.get(listener)
+            if ordinal is None:
+                ordinal = 1 + sum(1 for other in self._backfill_ordinals if other.table == listener.table)
+            backfill = Backfill(str(listener.table), chunk_size)
+            self.driver.backfill(listener, backfill, ordinal)
+            self._backfill_ordinals[listener] = ordinal
+            self._backfill_of[listener] = backfill
+            self._backfills.append(backfill)
+            return backfill
+
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -213,6 +254,13 @@ class Client:
                 self._done.set()
                 raise
             self._state = ClientState.STREAMING
+            try:
+                for listener in self._listeners:
+                    if listener.config.backfill:
+                        self.backfill(listener, DEFAULT_CHUNK_SIZE)
+            except BaseException:
+                self.close()
+                raise
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until close() or a fatal error, which is re-raised.
@@ -250,6 +298,8 @@ class Client:
         self._finish_closing()
 
     def _finish_closing(self) -> None:
+        for backfill in self._backfills:
+            backfill.cancel()
         try:
             if not self.driver.close():
                 logger.warning(
@@ -277,6 +327,7 @@ class Client:
             "queue_depth": dispatcher.queued_events,
             "reconnects": 0,
             "state": ClientState.CLOSED.value if self._fatal else self._state.reported,
+            "backfills": [backfill.stats() for backfill in self._backfills],
         }
         if self._state is ClientState.STREAMING and not self._fatal:
             try:

@@ -21,6 +21,7 @@ __all__ = [
     "UpdateEvent",
     "DeleteEvent",
     "TruncateEvent",
+    "ReadEvent",
     "MessageEvent",
     "UNCHANGED_TOAST",
     "format_lsn",
@@ -85,6 +86,18 @@ class DeleteEvent(Event):
     operation: ClassVar[Operation] = Operation.DELETE
     old: Row = attr.ib()
     #: The listener's ``primary_key`` values from ``old``; None without a key.
+    key: Key = attr.ib(default=None, kw_only=True)
+
+
+@attr.s(frozen=True, slots=True)
+class ReadEvent(Event):
+    """A row as a backfill read it (``Client.backfill``). ``lsn`` and ``commit_lsn``
+    are where its chunk was merged into the stream (the chunk's high watermark);
+    ``xid`` and ``commit_time`` are None."""
+
+    operation: ClassVar[Operation] = Operation.READ
+    new: Row = attr.ib()
+    #: The listener's ``primary_key`` values, in its order, from ``new``.
     key: Key = attr.ib(default=None, kw_only=True)
 
 

@@ -85,6 +85,10 @@ class ListenerConfig:
         default=(), converter=_to_tuple, validator=_check_column_names,
         metadata={"shown_default": "``()`` (the table's)"},
     )
+    #: Read the rows already in the table when the listener is attached to a streaming
+    #: client (or when the client starts), as ReadEvents merged
+    #: into the stream, in chunks of ``DEFAULT_CHUNK_SIZE`` rows: see ``Client.backfill``.
+    backfill: bool = attr.ib(default=False, validator=instance_of(bool))
     table_name: TableName = attr.ib(init=False, eq=False, repr=False)
 
     @table_name.default
@@ -219,7 +223,7 @@ class Listener:
         """Returns the operations as they were before."""
         before = self._operations
         by_operation: Dict[Operation, Tuple[Callback, ...]] = {}
-        for op in Operation.ALL.atoms():
+        for op in (Operation.ALL | Operation.READ).atoms():
             by_operation[op] = tuple(cb for cb, ops in self._registrations.items() if ops & op)
         self._by_operation = by_operation
         self._operations = Operation(sum(op for op, cbs in by_operation.items() if cbs))

@@ -13,7 +13,11 @@ class Operation(enum.IntFlag):
     UPDATE = 2
     DELETE = 4
     TRUNCATE = 8
+    #: The four kinds of change; not READ, so that code written for changes never
+    #: receives existing rows by surprise.
     ALL = 15
+    #: A row as a backfill read it (:class:`~flash_wal.ReadEvent`).
+    READ = 16
 
     @classmethod
     def from_name(cls, name: str) -> "Operation":
@@ -45,4 +49,4 @@ class Operation(enum.IntFlag):
         return format(str(self), spec)
 
 
-_ATOMS = (Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE)
+_ATOMS = (Operation.INSERT, Operation.UPDATE, Operation.DELETE, Operation.TRUNCATE, Operation.READ)

@@ -17,12 +17,15 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..backfill import WATERMARK_PREFIX, Merge
 from ..drivers.base import Sink
 from ..events import Event, MessageEvent, TruncateEvent
+from ..errors import ConfigurationError
 from ..listener import Listener
 from ..operations import Operation
 from ..table_name import TableName
 from .acknowledgement import AckTracker, Transaction
+from .merging import Merges
 from .route_index import TableRoutes
 from .routes import MessageRoute, Route, describe_event, unshaped_event
 from .workers import Task, Workers
@@ -56,6 +59,7 @@ class Dispatcher(Sink):
         self.callbacks_failed = 0
         self._started_batches: List[Any] = []  # routes with pending events (replication thread)
         self._messages = MessageRoute(Workers("messages", 1, self._run))
+        self._merges = Merges()  # the running backfills
         self._closing = False
 
     # --- listeners (any thread) -------------------------------------------------------
@@ -80,6 +84,10 @@ class Dispatcher(Sink):
             by_listener = dict(self._by_listener)
             route = by_listener.pop(listener)
             route.active = False
+            for merge, merging_route in self._merges.by_table.get(listener.table, ()):
+                if merging_route is route:
+                    merge.stop()
+                    self._merges.remove(merge)
             routes = dict(self._routes)
             remaining = tuple(r for r in routes[listener.table] if r is not route)
             if remaining:
@@ -122,7 +130,21 @@ class Dispatcher(Sink):
 
     @property
     def wants_messages(self) -> bool:
-        return bool(self._messages.handlers)
+        return bool(self._messages.handlers) or bool(self._merges)
+
+    def start_merge(self, listener: Listener, merge: Merge) -> None:
+        with self._lock:
+            route = self._by_listener.get(listener)
+            if route is None:
+                raise ConfigurationError(f"{listener!r} is not attached")
+            self._merges.add(merge, route)
+
+    def end_merge(self, merge: Merge) -> None:
+        with self._lock:
+            self._merges.remove(merge)
+
+    def acknowledged(self, txn: Transaction) -> bool:
+        return bool(txn.end_lsn) and self._tracker.acked_lsn >= txn.end_lsn
 
     def wants(self, table: TableName) -> bool:
         return table in self._routes
@@ -193,6 +215,9 @@ class Dispatcher(Sink):
         table_routes = self._indexed.get(table)
         if table_routes is None:
             return
+        merging = self._merges.by_table
+        if merging and table in merging:
+            self._merges.note_change(table, txn, old, new)
         all_routes = table_routes.routes
         text = all_routes[0].table_text
         if table_routes.columns and not self._closing:
@@ -259,6 +284,7 @@ class Dispatcher(Sink):
         old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
     ) -> None:
         """What :meth:`change` does, written plainly: each route shapes its own event."""
+        self._merges.note_change(table, txn, old, new)
         for route in self._routes.get(table, ()):
             if txn.commit_lsn <= route.since_lsn or not route.active:
                 if self._closing:
@@ -281,6 +307,7 @@ class Dispatcher(Sink):
         routes = self._routes.get(table, ())
         if not routes:
             return
+        self._merges.note_truncate(table, txn)
         event = TruncateEvent(
             table=routes[0].table_text, lsn=lsn, commit_lsn=txn.commit_lsn, xid=txn.xid, commit_time=txn.commit_time,
             cascade=cascade, restart_identity=restart_identity,
@@ -292,6 +319,10 @@ class Dispatcher(Sink):
                 self._add_pending(route, txn, event)
 
     def message(self, txn: Transaction, event: MessageEvent) -> None:
+        if event.prefix == WATERMARK_PREFIX:  # a backfill's, never a user's
+            if event.transactional:
+                self._merges.watermark(txn, event, self._add_pending, self._closing)
+            return
         route = self._messages
         if route.callbacks_for(event):
             self._add_pending(route, txn, event)

@@ -10,6 +10,7 @@ to (a :class:`Sink`: the client's dispatcher), and calls the driver in this orde
 import abc
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
+from ..errors import ConfigurationError
 from ..listener import Listener
 from ..operations import Operation
 from ..table_name import TableName
@@ -54,6 +55,22 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def message(self, txn: Any, event: Any) -> None:
         """A logical decoding message."""
+
+    @abc.abstractmethod
+    def start_merge(self, listener: Listener, merge: Any) -> None:
+        """A backfill of ``listener`` begins (``merge``: a :class:`flash_wal.backfill.Merge`):
+        note the keys its table's changes touch, and deliver its chunks' rows where the
+        stream reaches their watermarks (messages with the prefix
+        :data:`flash_wal.backfill.WATERMARK_PREFIX`). Any thread."""
+
+    @abc.abstractmethod
+    def end_merge(self, merge: Any) -> None:
+        """That backfill has ended. Any thread."""
+
+    @abc.abstractmethod
+    def acknowledged(self, txn: Any) -> bool:
+        """Whether ``txn`` is done and acknowledged (its callbacks, and those of every
+        transaction before it, returned). Any thread."""
 
     @abc.abstractmethod
     def commit(self, txn: Any, end_lsn: int) -> None:
@@ -139,6 +156,13 @@ class Driver(abc.ABC):
 
         Returns False when callbacks were still running at the shutdown timeout.
         """
+
+    def backfill(self, listener: Listener, backfill: Any, ordinal: int) -> None:
+        """Start reading ``listener``'s table into ``backfill`` (a :class:`flash_wal.Backfill`)
+        while streaming; raise ConfigurationError at once for a table that cannot be
+        backfilled. ``ordinal`` tells apart backfilling listeners of one table (their
+        progress, for a durable driver)."""
+        raise ConfigurationError(f"the {type(self).__name__} driver cannot backfill")
 
     def stop_soon(self) -> None:
         """Ask the driver to stop reading, from any thread, without waiting; ``close``

@@ -22,7 +22,8 @@ from ...operations import Operation
 from ...table_name import TableName
 from ...validators import config_from
 from .. import base
-from . import catalog, claim, column_types, identity, keys, ownership, publications, row_filters
+from . import catalog, claim, column_types, identity, keys, ownership, publications, removal, row_filters
+from .backfill_reader import BackfillReader, start_reader
 from .config import DriverConfig
 from .publication_watch import PublicationWatch
 from .query_connection import QueryConnection, connect_for_setup
@@ -53,6 +54,9 @@ class Driver(base.Driver):
         self._typed: Set[Listener] = set()
         self._told_no_filters = False
         self._warned_stale = False  # see listen()
+        self._backfills: List[BackfillReader] = []
+        self._connect: Callable[[], Any] = lambda: None  # a normal connection, once started
+        self._sink: Optional[base.Sink] = None
 
     # --- base.Driver ------------------------------------------------------------------
 
@@ -69,6 +73,8 @@ class Driver(base.Driver):
         if self._query is not None:
             raise FlashError("this Driver has already been started; give each Client its own Driver")
         self._query = query = QueryConnection(database_cnx, self.config, self._slot_lost)
+        self._connect = lambda: connect(database_cnx)
+        self._sink = sink
         self._on_fatal = on_fatal
         config = self.config
         published = False
@@ -174,8 +180,20 @@ class Driver(base.Driver):
             except psycopg2.Error as exc:
                 raise _as_setup_error(exc, self.config.setup_timeout) from exc
 
+    def backfill(self, listener: Listener, backfill: Any, ordinal: int) -> None:
+        if self._sink is None or self._thread is None:
+            raise FlashError("the driver has not been started")
+        reader = start_reader(self._connect, listener, backfill, self._sink, server_version=self.server_version,
+                              durable_slot=self.config.replication_slot if self.config.durable else None,
+                              ordinal=ordinal)
+        self._backfills = [r for r in self._backfills if r.backfill.state == "running"] + [reader]
+
     def close(self) -> bool:
         drained = True
+        for reader in self._backfills:
+            reader.stop()
+        for reader in self._backfills:
+            reader.join(self.config.setup_timeout)
         thread = self._thread
         if thread is not None:
             thread.stop()
@@ -213,26 +231,7 @@ class Driver(base.Driver):
         """
         if self._thread is not None and self._thread.is_alive():
             raise FlashError("close the client before dropping its slot")
-        prefix, slot = self.config.publication_slot_prefix, self.config.replication_slot
-        conn = connect_for_setup(database_cnx, self.config.setup_timeout)
-        try:
-            cursor = conn.cursor()
-            state = catalog.wait_for_slot(cursor, slot, self.config.slot_wait_timeout, gone=False)
-            if state is not None and state.active_pid is not None:
-                raise ConfigurationError(
-                    f"replication slot {slot!r} is in use (walsender pid "
-                    f"{state.active_pid}); stop the client that uses it first"
-                )
-            ownership.check_slot_is_droppable(cursor, slot)
-            report = ownership.slot_report(cursor, prefix, slot)
-            if not report.legacy_publication:
-                for name in report.publications:
-                    ownership.check_publication(cursor, name, prefix, slot)
-            catalog.drop_slot(cursor, slot)
-            for name in report.publications:
-                catalog.drop_publication(cursor, name)
-        finally:
-            conn.close()
+        removal.drop_configuration(self.config, database_cnx)
 
     def stop_soon(self) -> None:
         if self._thread is not None:

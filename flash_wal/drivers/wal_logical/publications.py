@@ -35,6 +35,10 @@ def needed_operations(listeners: Sequence[Listener]) -> Dict[TableName, Operatio
     needed: Dict[TableName, Operation] = {}
     for listener in listeners:
         operations = listener.operations
+        if operations & Operation.READ:
+            # A backfill tells which rows its chunks hold stale from the changes of the
+            # table: it must see every one of them (see flash_wal.backfill).
+            operations = Operation.ALL
         # INSERT and DELETE listeners get events from UPDATEs too: transitions under
         # conditions, and key changes, which even a table without a key today can have
         # after a schema change (the key follows each Relation message), so always.
