@@ -3,7 +3,7 @@
     python -m tests.support.consumer DSN TABLE SLOT PREFIX [--durable] [--ids-file PATH]
                              [--die-at STEP] [--streaming] [--status-interval S]
                              [--record PATH] [--column NAME] [--all-operations]
-                             [--block-at VALUE] [--no-fsync]
+                             [--block-at VALUE] [--no-fsync] [--backfill CHUNK]
 
 It prints ``streaming`` once started and ``event <id>`` for each insert; with
 ``--ids-file`` it appends each id to that file and fsyncs before the callback
@@ -19,6 +19,8 @@ what was written, only a crash of the machine would. ``--all-operations`` listen
 updates and deletes too. ``--block-at VALUE`` makes the callback of the first event
 whose value is VALUE print ``blocked <value> <commit_lsn>`` and never return, so the
 parent can look at the server while it blocks, then SIGKILL the process.
+``--backfill CHUNK`` backfills the table once streaming (op R in the record) and prints
+``backfilled <rows>`` when the backfill completes.
 ``--streaming`` turns on use_streaming with a 64 kB logical_decoding_work_mem for the
 walsender (the setting that decides when the server streams is the decoding
 session's own), so that any transaction of a few hundred rows is streamed.
@@ -34,7 +36,7 @@ from typing import List, Tuple
 import psycopg2.extensions
 import psycopg2.extras
 
-from flash_wal import Client, Operation
+from flash_wal import Client, Listener, Operation
 from flash_wal.drivers.wal_logical import Driver, DriverConfig, catalog, identity
 from flash_wal.drivers.wal_logical.replication import ReplicationThread
 
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--all-operations", action="store_true")
     parser.add_argument("--block-at", type=int)
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--backfill", type=int)
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1)
     if args.die_at:
@@ -133,7 +136,11 @@ def main() -> None:
     pid = os.getpid()
     blocked = threading.Event()
 
-    @client.on(args.table, operations)
+    if args.backfill:
+        operations |= Operation.READ
+    listener = Listener(table=args.table)
+
+    @listener.on(operations)
     def handle(event):
         value = (event.old if event.operation is Operation.DELETE else event.new)[args.column]
         if args.block_at is not None and value == args.block_at and not blocked.is_set():
@@ -152,8 +159,13 @@ def main() -> None:
 
     # Blocked before any thread starts, so no thread but this one ever takes it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    client.attach(listener)
     client.start()
     print("streaming", flush=True)
+    if args.backfill:
+        backfill = client.backfill(listener, chunk_size=args.backfill)
+        threading.Thread(target=lambda: backfill.wait() and print(f"backfilled {backfill.rows}", flush=True),
+                         daemon=True).start()
     signal.sigwait({signal.SIGTERM})
     print("closing", flush=True)
     client.close()
