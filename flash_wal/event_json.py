@@ -16,7 +16,7 @@ from typing import Any, Dict, Union
 
 from psycopg2.extras import Range
 
-from .events import DeleteEvent, Event, InsertEvent, MessageEvent, TruncateEvent, UpdateEvent
+from .events import DeleteEvent, Event, InsertEvent, MessageEvent, ReadEvent, TruncateEvent, UpdateEvent
 from .sentinels import UNCHANGED_TOAST
 
 __all__ = ["UNCHANGED_TOAST_JSON", "json_value", "event_as_dict", "event_to_json"]
@@ -58,8 +58,8 @@ def event_as_dict(event: Union[Event, MessageEvent]) -> Dict[str, Any]:
     """The JSON object of one event, as a dict of JSON-ready values.
 
     Keys: ``table``, ``op`` (``"INSERT"``, ``"UPDATE"``, ``"DELETE"`` or
-    ``"TRUNCATE"``), ``lsn``, ``commit_lsn``, ``xid``, ``commit_time``; then ``new``
-    (INSERT, UPDATE), ``old`` (UPDATE, possibly null; DELETE), or ``cascade`` and
+    ``"TRUNCATE"``, or ``"READ"`` for a backfill's row), ``lsn``, ``commit_lsn``, ``xid``, ``commit_time``; then ``new``
+    (INSERT, UPDATE, READ), ``old`` (UPDATE, possibly null; DELETE), or ``cascade`` and
     ``restart_identity`` (TRUNCATE). A message has ``op`` ``"MESSAGE"``, ``prefix``,
     ``content`` (base64), ``transactional``, ``lsn`` and ``xid``.
     """
@@ -78,7 +78,7 @@ def event_as_dict(event: Union[Event, MessageEvent]) -> Dict[str, Any]:
     }
     if isinstance(event, (UpdateEvent, DeleteEvent)):
         fields["old"] = json_value(event.old)
-    if isinstance(event, (InsertEvent, UpdateEvent)):
+    if isinstance(event, (InsertEvent, UpdateEvent, ReadEvent)):
         fields["new"] = json_value(event.new)
     if isinstance(event, TruncateEvent):
         fields["cascade"] = event.cascade

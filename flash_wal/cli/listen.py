@@ -19,6 +19,7 @@ from ..foreground import run_until_stopped
 from ..listener import Condition, Listener, ListenerConfig
 from ..operations import Operation
 from ..table_name import TableName, parse_table_name
+from .progress import BackfillProgress
 from .options import (
     EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
 )
@@ -118,15 +119,21 @@ def cmd_listen(args: argparse.Namespace) -> int:
         shutdown_timeout=LISTEN_SHUTDOWN_TIMEOUT,
     ))
     for table, text in tables.items():
-        listener = Listener(ListenerConfig(table=text, fields=args.fields, conditions=conditions))
-        listener.on(args.ops, output)
+        listener = Listener(ListenerConfig(table=text, fields=args.fields, conditions=conditions,
+                                           backfill=args.backfill))
+        listener.on(args.ops | Operation.READ if args.backfill else args.ops, output)
         client.attach(listener)
+    progress = BackfillProgress(client.stats, sys.stderr) if args.backfill and sys.stderr.isatty() else None
+    if progress is not None:
+        progress.start()  # draws once the backfills have begun
     try:
         stopped = run_until_stopped(
             client, stop_when=output.check_reader, check_every=_POLL_SECONDS,
             note=f"{PROG}: stopping, please wait while the client closes\n",
         )
     finally:
+        if progress is not None:
+            progress.stop()
         output.release()  # after close: what was held back is then not acknowledged
     if stopped is None:
         raise FlashError("the replication stream ended unexpectedly")
@@ -269,6 +276,12 @@ def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
               "the last event printed by the previous run with the same --prefix and --slot "
               "(at least once: events of a transaction not wholly printed come again); "
               "'flash-wal cleanup' drops them"),
+    )
+    parser.add_argument(
+        "--backfill", action="store_true",
+        help=("print the rows already in the tables first, as \"op\": \"READ\" lines merged "
+              "consistently with the changes (a progress bar on standard error when it is a "
+              "terminal); with --durable a completed backfill is not repeated"),
     )
     add_verbose_option(parser, top_level=False)
     parser.set_defaults(command=cmd_listen)

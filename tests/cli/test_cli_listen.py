@@ -309,3 +309,27 @@ def test_help_for_every_command(command, capsys):
         assert option in out
     if not command:
         assert all(name in out for name in ("demo", "status", "cleanup", "listen"))
+
+
+def test_backfill_prints_existing_rows_then_changes(listen, make_table, db):
+    table = make_table()
+    run_sql(db, "INSERT INTO {} (title, status) SELECT 'old ' || g, 'x' FROM generate_series(1, 1500) g", table)
+    command = listen("--table", table, "--backfill", "--fields", "id,title")
+    reads = command.events(1500)
+    assert [e["op"] for e in reads] == ["READ"] * 1500
+    assert [e["new"]["id"] for e in reads] == list(range(1, 1501))
+    assert reads[0]["new"] == {"id": 1, "title": "old 1"} and reads[0]["xid"] is None
+    run_sql(db, "INSERT INTO {} (title) VALUES ('new')", table)
+    change = command.events(1501)[-1]
+    assert (change["op"], change["new"]["title"]) == ("INSERT", "new")
+    assert command.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in command.stderr
+
+
+def test_progress_line():
+    from flash_wal.cli.progress import progress_line
+    line = progress_line({"table": "public.posts", "rows": 12_000, "total": 48_000, "seconds": 2.0,
+                          "state": "running"})
+    assert line == "public.posts [######..................] 12,000/48,000 rows 6,000/s, 6 s left (running)"
+    assert progress_line({"table": "t", "rows": 5, "total": None, "seconds": 0.0, "state": "completed"}) == \
+        "t 5 rows 0/s (completed)"
