@@ -114,9 +114,10 @@ def child_flash_backlog(dsn: str, slot: str, table: str, operation: str, events:
     client.on(table, Operation[operation])(read)
     began = time.perf_counter()
     with client:
+        started = time.perf_counter()
         if not done.wait(900):
             raise SystemExit(f"only {seen[0]} of {events} events arrived")
-    return {"events_per_second": events / (last[0] - began)}
+    return {"events_per_second": events / (last[0] - began), "start_seconds": started - began}
 
 
 def child_latency_under_backlog(dsn: str, slot: str, backlog: int, count: int, emit: Callable) -> Dict[str, Any]:

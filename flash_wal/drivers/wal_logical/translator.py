@@ -254,11 +254,12 @@ class ChangeTranslator:
             return
         decoder = self.relations.get(message.relid)
         if self.sink.wants(decoder.table):
-            old = None
-            if message.old is not None:
-                old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            new = decoder.decode(message.new)
-            fill_unchanged_toast(new, old)
+            if message.old is not None and not message.old_is_key:
+                old, new = decoder.decode_update(message.old, message.new)  # REPLICA IDENTITY FULL
+            else:
+                old = None if message.old is None else decoder.decode_key(message.old)
+                new = decoder.decode(message.new)
+                fill_unchanged_toast(new, old)
             self.sink.change(self.txn, UPDATE, decoder.table, lsn, old, new, self._size)
 
     def _delete(self, message: Delete, lsn: int) -> None:
