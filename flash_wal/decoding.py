@@ -313,12 +313,19 @@ def _unrolled_decode(decoder: RowDecoder) -> Callable[[Sequence[Any]], Row]:
         "        pass\n"
         "    return decode_plain(values)\n"
     )
-    namespace: Dict[str, Any] = {"cursor": decoder.cursor, "decode_plain": decoder.decode_plain}
+    decode: Callable[[Sequence[Any]], Row] = _compiled(
+        decoder, source, "row decoder", decode_plain=decoder.decode_plain)["decode"]
+    return decode
+
+
+def _compiled(decoder: RowDecoder, source: str, what: str, **names: Any) -> Dict[str, Any]:
+    """Run ``source`` with the relation's column names as ``n0, n1, ...``, its casters
+    as ``c0, c1, ...``, the cursor and ``names``: the namespace it defined."""
+    namespace: Dict[str, Any] = {"cursor": decoder.cursor, **names}
     namespace.update((f"n{i}", name) for i, name in enumerate(decoder.names))
     namespace.update((f"c{i}", cast) for i, cast in enumerate(decoder.casters))
-    exec(compile(source, f"<row decoder of {decoder.table_text}>", "exec"), namespace)
-    decode: Callable[[Sequence[Any]], Row] = namespace["decode"]
-    return decode
+    exec(compile(source, f"<{what} of {decoder.table_text}>", "exec"), namespace)
+    return namespace
 
 
 def _unrolled_decode_update(decoder: RowDecoder) -> Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]]:
@@ -363,12 +370,9 @@ def _unrolled_decode_update(decoder: RowDecoder) -> Callable[[Sequence[Any], Seq
         "        pass\n"
         "    return decode_update_plain(old, new)\n"
     )
-    namespace: Dict[str, Any] = {"cursor": decoder.cursor, "decode_update_plain": decoder.decode_update_plain,
-                                 "immutable": _IMMUTABLE}
-    namespace.update((f"n{i}", name) for i, name in enumerate(decoder.names))
-    namespace.update((f"c{i}", cast) for i, cast in enumerate(decoder.casters))
-    exec(compile(source, f"<update decoder of {decoder.table_text}>", "exec"), namespace)
-    decode_update: Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]] = namespace["decode_update"]
+    decode_update: Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]] = _compiled(
+        decoder, source, "update decoder", decode_update_plain=decoder.decode_update_plain,
+        immutable=_IMMUTABLE)["decode_update"]
     return decode_update
 
 

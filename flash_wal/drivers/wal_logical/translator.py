@@ -254,6 +254,7 @@ class ChangeTranslator:
             return
         decoder = self.relations.get(message.relid)
         if self.sink.wants(decoder.table):
+            old: Optional[Dict[str, Any]]
             if message.old is not None and not message.old_is_key:
                 old, new = decoder.decode_update(message.old, message.new)  # REPLICA IDENTITY FULL
             else:
