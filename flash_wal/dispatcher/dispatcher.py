@@ -330,8 +330,9 @@ class Dispatcher(Sink):
         self._tracker.commit(txn, end_lsn)
 
     def has_room(self) -> bool:
+        # Asked before every frame read: the tracker's counters, read without their properties.
         tracker = self._tracker
-        return tracker.queued_events < self.max_queued_events and tracker.queued_bytes < self.max_queued_bytes
+        return tracker._queued_events < self.max_queued_events and tracker._queued_bytes < self.max_queued_bytes
 
     def _hand_off(self, route: Any) -> None:
         events, route.pending = route.pending, []
