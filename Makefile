@@ -48,7 +48,9 @@ test-matrix:
 	FLASH_WAL_TEST_PG=16 $(MAKE) test
 	FLASH_WAL_TEST_PG=18 $(MAKE) test
 
+# matplotlib draws the bench's chart: a bench-only dependency, not one of the package.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet matplotlib
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 docs: $(STAMP)

@@ -5,17 +5,21 @@
 Starts an embedded PostgreSQL (FLASH_WAL_BENCH_PG_BIN=/path/to/bin for another
 one) and measures, in one run, each figure in a process of its own:
 
-throughput  one transaction of --rows rows (bigint, int, text, timestamptz, numeric),
-            read after it committed (a) by a bare psycopg2 LogicalReplicationConnection
-            loop with decode=False from a slot of its own, (b) by flash_wal delivering
-            every event, typed, to a no-op callback; events/s from the first change
-            received to the last, the best of --rounds alternating reads of each, and
-            the ratio b/a.
+backlog     what users feel: W1 (one transaction of 200,000 INSERTs, 5 columns), W2
+            (20,000 transactions of 10 INSERTs), W3 (one transaction of 100,000
+            UPDATEs, 10 columns, REPLICA IDENTITY FULL), each a committed backlog on
+            durable slots made before the writes, read by a bare psycopg2 loop
+            (decode=False) and by flash_wal with callbacks reading every value, each
+            in a fresh process timed from connect / start() to the last event;
+            --rounds alternating rounds, medians and per-round ratios
+            (benchmarks/backlog.py).
 latency     single-row INSERT transactions at --rate per second for --latency-seconds;
             the time from each COMMIT returning in the writer to its callback starting
-            in the consumer (both read CLOCK_MONOTONIC); p50, p99, max.
+            in the consumer (both read CLOCK_MONOTONIC); p50, p99, max; on an idle
+            stream, and again while a backlog of --w1-rows rows drains.
 memory      peak RSS growth of the consumer over one --memory-rows transaction, with
-            use_streaming off and on.
+            use_streaming off and on; and over one transaction of --big-rows rows of
+            1 MiB each (max_queued_bytes at work).
 idle        CPU seconds a started client uses over --idle-seconds with no changes.
 tenants     a --tenant-rows backlog drained by 1, 10, 100 and 1,000 listeners, each
             Condition("tenant_id", i): changes/s and the ratio to one listener
@@ -25,8 +29,10 @@ filters     --filter-rows updated rows and a listener matching 1 %, with server_
             without per-operation publishing: changes/s, events/s and bytes received
             (benchmarks/filters.py).
 
-Prints a table, writes the figures as JSON (default benchmarks/results.json) and exits
-with status 1 if a target is missed. See docs/performance.rst.
+Prints a table, writes the figures as JSON (default benchmarks/results.json) and a
+chart beside it (results.svg: events/s per workload, raw and flash_wal, and the
+latency distribution; needs matplotlib, which `make bench` installs), and exits with
+status 1 if a target is missed. See docs/performance.rst.
 """
 
 import argparse
@@ -45,6 +51,8 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+import backlog
+import chart
 import filters
 import tenants
 
@@ -56,7 +64,7 @@ RAW_SLOT, RAW_PUBLICATION = "bench_raw", "bench_raw_publication"
 FLASH_SLOT, FLASH_PREFIX = "bench_flash", "bench"
 
 TARGETS = {
-    "throughput_ratio": (">=", 0.6),
+    **backlog.TARGETS,
     "latency_p50_ms": ("<=", 2.0),
     "latency_p99_ms": ("<=", 10.0),
     "memory_streaming_off_mib": ("<=", 64.0),
@@ -92,47 +100,6 @@ def flash_client(dsn: str, slot: str = FLASH_SLOT, **driver_options: Any):
     from flash_wal import Client
 
     return Client(database_cnx=dsn, driver=flash_driver(slot, **driver_options))
-
-
-def child_raw(dsn: str, rows: int) -> None:
-    """Read the backlog as fast as psycopg2 can hand it over, decoding nothing."""
-    conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
-    cursor = conn.cursor()
-    cursor.start_replication(slot_name=RAW_SLOT, decode=False, options={
-        "proto_version": "1", "publication_names": RAW_PUBLICATION})
-    seen, first = 0, None
-    while seen < rows:
-        message = cursor.read_message()
-        if message is None:
-            select.select([cursor], [], [], 1.0)
-            continue
-        if message.payload[:1] == b"I":
-            if first is None:
-                first = time.perf_counter()
-            seen += 1
-    emit({"events_per_second": rows / (time.perf_counter() - first)})
-    conn.close()
-
-
-def child_flash(dsn: str, rows: int, slot: str) -> None:
-    """Resume a durable slot made before the transaction; every event, typed."""
-    from flash_wal import Operation
-
-    client = flash_client(dsn, slot, durable=True)
-    seen, first, done = [0], [0.0], threading.Event()
-
-    @client.on(TABLE, Operation.INSERT)
-    def count(event):
-        if not seen[0]:
-            first[0] = time.perf_counter()
-        seen[0] += 1
-        if seen[0] == rows:
-            done.set()
-
-    with client:
-        if not done.wait(600):
-            raise SystemExit(f"only {seen[0]} of {rows} events arrived")
-        emit({"events_per_second": rows / (time.perf_counter() - first[0])})
 
 
 def child_latency(dsn: str, count: int) -> None:
@@ -192,7 +159,17 @@ def child_idle(dsn: str, seconds: float) -> None:
     emit({"cpu_seconds": cpu, "seconds": elapsed})
 
 
-CHILDREN = {"raw": child_raw, "flash": child_flash, "latency": child_latency,
+def emitting(measure: Any, with_emit: bool = False) -> Any:
+    """A child that emits what ``measure`` returns (and may emit before, if it takes ``emit``)."""
+    def run(*args: Any) -> None:
+        emit(measure(*args, emit) if with_emit else measure(*args))
+    return run
+
+
+CHILDREN = {"latency": child_latency,
+            "raw_backlog": emitting(backlog.child_raw_backlog), "flash_backlog": emitting(backlog.child_flash_backlog),
+            "latency_under_backlog": emitting(backlog.child_latency_under_backlog, True),
+            "big_rows": emitting(backlog.child_big_rows, True),
             "memory": child_memory, "idle": child_idle, "tenants": tenants.child_tenants,
             "filters": filters.child_filters}
 
@@ -232,62 +209,16 @@ def reset_table(dsn: str) -> None:
     execute(dsn, sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
 
 
-def measure_throughput(dsn: str, rows: int, rounds: int) -> Dict[str, float]:
-    """The best of ``rounds`` alternating reads of each kind, so that a moment of load
-    on the shared machine does not decide the ratio."""
-    # Every slot exists before the transaction, and each reads it once committed. The
-    # raw loop acknowledges nothing, so its slot can be read again; flash_wal
-    # acknowledges, so it gets a durable slot per round.
-    replication = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
-    replication.cursor().create_replication_slot(RAW_SLOT, output_plugin="pgoutput")
-    replication.close()
-    execute(dsn, sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-        sql.Identifier(RAW_PUBLICATION), sql.Identifier(TABLE)))
-    slots = [f"{FLASH_SLOT}_{i}" for i in range(rounds)]
-    raw, flash = [], []
-    try:
-        for slot in slots:
-            client = flash_client(dsn, slot, durable=True)
-            client.on(TABLE)(lambda event: None)  # before start(): the publication must hold the table
-            with client:
-                pass
-        execute(dsn, sql.SQL("INSERT INTO {} " + FILL).format(sql.Identifier(TABLE)), (rows,))
-        for slot in slots:
-            raw.append(Child("raw", dsn, rows).result()["events_per_second"])
-            flash.append(Child("flash", dsn, rows, slot).result()["events_per_second"])
-    finally:
-        execute(dsn, "SELECT pg_drop_replication_slot(%s)", (RAW_SLOT,))
-        execute(dsn, sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(RAW_PUBLICATION)))
-        for slot in slots:
-            flash_driver(slot).drop(dsn)
-        reset_table(dsn)
-    return {"raw_events_per_second": max(raw), "flash_events_per_second": max(flash),
-            "throughput_ratio": max(flash) / max(raw), "raw_rounds": raw, "flash_rounds": flash}
-
-
-def measure_latency(dsn: str, rate: float, seconds: float) -> Dict[str, float]:
+def measure_latency(dsn: str, rate: float, seconds: float) -> Dict[str, Any]:
     count = int(rate * seconds)
     consumer = Child("latency", dsn, count)
     consumer.read()  # ready
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    cursor = conn.cursor()
-    insert = sql.SQL("INSERT INTO {} VALUES (%s, 1, 'x', now(), 1.5)").format(sql.Identifier(TABLE))
-    committed: List[float] = []
-    began = time.perf_counter()
-    for i in range(count):
-        pause = began + i / rate - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        cursor.execute(insert, (i,))
-        committed.append(time.perf_counter())
-    conn.close()
+    committed = backlog.commit_at_rate(dsn, TABLE, rate, count)
     started = consumer.result()["started"]
-    latencies = sorted((started[str(i)] - committed[i]) * 1000 for i in range(count))
     reset_table(dsn)
-    quantiles = statistics.quantiles(latencies, n=100)
-    return {"latency_p50_ms": quantiles[49], "latency_p99_ms": quantiles[98], "latency_max_ms": latencies[-1],
-            "latency_transactions": count}
+    figures = backlog.latency_figures("latency", committed, started)
+    figures["latency_transactions"] = count
+    return figures
 
 
 def measure_memory(dsn: str, rows: int) -> Dict[str, float]:
@@ -315,14 +246,7 @@ def verdict(name: str, value: float) -> str:
 
 def report(figures: Dict[str, Any]) -> bool:
     lines = []
-    if "throughput_ratio" in figures:
-        lines += [
-            ("raw psycopg2 read_message", f"{figures['raw_events_per_second']:,.0f} events/s", "best of "
-             + ", ".join(f"{rate:,.0f}" for rate in figures["raw_rounds"])),
-            ("flash_wal typed events", f"{figures['flash_events_per_second']:,.0f} events/s", "best of "
-             + ", ".join(f"{rate:,.0f}" for rate in figures["flash_rounds"])),
-            ("throughput ratio", f"{figures['throughput_ratio']:.2f}", verdict("throughput_ratio", figures["throughput_ratio"])),
-        ]
+    lines += backlog.report_lines(figures, verdict)
     if "latency_p50_ms" in figures:
         lines += [
             ("latency p50", f"{figures['latency_p50_ms']:.2f} ms", verdict("latency_p50_ms", figures["latency_p50_ms"])),
@@ -346,8 +270,11 @@ def report(figures: Dict[str, Any]) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000, help="rows of the throughput transaction")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput: reads of each kind; the best counts")
+    parser.add_argument("--w1-rows", type=int, default=200_000, help="W1: rows of the one transaction")
+    parser.add_argument("--w2-transactions", type=int, default=20_000, help="W2: transactions of 10 rows")
+    parser.add_argument("--w3-rows", type=int, default=100_000, help="W3: rows updated in one transaction")
+    parser.add_argument("--rounds", type=int, default=3, help="reads of each kind, alternating; the median counts")
+    parser.add_argument("--big-rows", type=int, default=2_000, help="memory: rows of 1 MiB in one transaction")
     parser.add_argument("--rate", type=float, default=500, help="latency: transactions per second")
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
@@ -355,7 +282,7 @@ def main() -> int:
     parser.add_argument("--tenant-rows", type=int, default=100_000, help="tenants: rows of the backlog")
     parser.add_argument("--filter-rows", type=int, default=200_000, help="filters: rows updated, rows inserted")
     parser.add_argument("--quick", action="store_true", help="a tenth of every size and duration")
-    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants,filters",
+    parser.add_argument("--only", default="backlog,latency,memory,idle,tenants,filters",
                         help="comma-separated measurements")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"), metavar="PATH")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -365,7 +292,8 @@ def main() -> int:
         CHILDREN[kind](*map(json.loads, child_args))
         return 0
     if args.quick:
-        args.rows, args.latency_seconds = args.rows // 10, args.latency_seconds / 10
+        args.w1_rows, args.latency_seconds = args.w1_rows // 10, args.latency_seconds / 10
+        args.w2_transactions, args.w3_rows, args.big_rows = args.w2_transactions // 10, args.w3_rows // 10, args.big_rows // 10
         args.memory_rows, args.idle_seconds = args.memory_rows // 10, args.idle_seconds / 10
         args.tenant_rows //= 10
         args.filter_rows //= 10
@@ -380,12 +308,16 @@ def main() -> int:
         figures["postgresql"] = server.server_version_num
         print(f"PostgreSQL {server.server_version_num}, Python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs")
-        if "throughput" in only:
-            figures.update(measure_throughput(dsn, args.rows, args.rounds))
+        sizes = {"w1_rows": args.w1_rows, "w2_transactions": args.w2_transactions, "w3_rows": args.w3_rows}
+        if "backlog" in only:
+            figures.update(backlog.measure_backlogs(dsn, args.rounds, sizes, execute, Child))
         if "latency" in only:
             figures.update(measure_latency(dsn, args.rate, args.latency_seconds))
+            figures.update(backlog.measure_latency_under_backlog(
+                dsn, args.w1_rows, args.rate, args.latency_seconds, execute, Child))
         if "memory" in only:
             figures.update(measure_memory(dsn, args.memory_rows))
+            figures.update(backlog.measure_big_rows(dsn, args.big_rows, execute, Child))
         if "idle" in only:
             figures.update(measure_idle(dsn, args.idle_seconds))
         if "tenants" in only:
@@ -393,12 +325,17 @@ def main() -> int:
         if "filters" in only:
             figures.update(filters.measure_filters(dsn, args.filter_rows, args.rounds, execute, Child))
     met = report(figures)
-    figures["sizes"] = {"rows": args.rows, "rate": args.rate, "latency_seconds": args.latency_seconds,
+    if "backlog" in only:
+        print(backlog.markdown_table(figures))
+    figures["sizes"] = {**sizes, "big_rows": args.big_rows, "rate": args.rate, "latency_seconds": args.latency_seconds,
                         "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds, "tenant_rows": args.tenant_rows,
                         "filter_rows": args.filter_rows}
     with open(args.json, "w") as out:
         json.dump(figures, out, indent=2)
     print(f"figures written to {args.json}")
+    picture = chart.write(figures, os.path.splitext(args.json)[0] + ".svg")
+    if picture:
+        print(f"chart written to {picture}")
     return 0 if met else 1
 
 

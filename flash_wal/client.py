@@ -88,6 +88,11 @@ class ClientConfig:
     #: stops reading from the server (keeping the connection alive) until callbacks
     #: catch up.
     max_queued_events: int = attr.ib(default=10_000, validator=positive_int)
+    #: Bytes of changes (as the server sent them) held between reading and callbacks
+    #: that have not finished, at most: past it reading pauses as for
+    #: ``max_queued_events``, so a backlog of large rows cannot fill memory. A single
+    #: change larger than this is still delivered, alone.
+    max_queued_bytes: int = attr.ib(default=64 * 1024 * 1024, validator=positive_int)
 
 
 class Client:
@@ -101,7 +106,10 @@ class Client:
         self.driver = config.driver
         self._lock = threading.RLock()
         self._listeners: List[Listener] = []
-        self._dispatcher = Dispatcher(on_error=config.on_error, max_queued_events=config.max_queued_events)
+        self._dispatcher = Dispatcher(
+            on_error=config.on_error, max_queued_events=config.max_queued_events,
+            max_queued_bytes=config.max_queued_bytes,
+        )
         self._state = ClientState.NEW
         self._done = threading.Event()
         self._closed = threading.Event()
@@ -325,6 +333,7 @@ class Client:
             "last_acked_lsn": dispatcher.acked_lsn,
             "lag_bytes": None,
             "queue_depth": dispatcher.queued_events,
+            "queued_bytes": dispatcher.queued_bytes,
             "reconnects": 0,
             "state": ClientState.CLOSED.value if self._fatal else self._state.reported,
             "backfills": [backfill.stats() for backfill in self._backfills],

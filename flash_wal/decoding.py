@@ -12,7 +12,10 @@ invalid in UTF-8 from a SQL_ASCII database) is delivered as its text: one bad va
 must not stop the stream for every listener.
 """
 
+import datetime
+import decimal
 import logging
+import uuid
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 import psycopg2
@@ -48,6 +51,13 @@ KeyLookup = Callable[[int], Sequence[str]]
 _BYTEA_OID, _BYTEA_ARRAY_OID = 17, 1001
 _TYPECASTER = type(psycopg2.STRING)
 _UUID_OID, _UUID_ARRAY_OID = 2950, 2951
+
+#: Values of these classes cannot be changed in place: an old row may share them with
+#: the new row (a callback that mutates a list or dict of one row must not change the other).
+_IMMUTABLE = frozenset({
+    str, int, float, bool, bytes, type(None), decimal.Decimal, datetime.datetime, datetime.date, datetime.time,
+    datetime.timedelta, uuid.UUID,
+})
 
 
 class TypeInfo:
@@ -202,7 +212,7 @@ class RowDecoder:
 
     __slots__ = (
         "relation", "table", "table_text", "names", "casters", "key_names", "primary_key", "cursor", "decode",
-        "_undecodable",
+        "decode_update", "_undecodable",
     )
 
     def __init__(self, relation: Relation, casters: TypeCasters, primary_key: Sequence[str] = ()) -> None:
@@ -220,6 +230,15 @@ class RowDecoder:
         self._undecodable = casters.undecodable_columns
         #: Decodes one tuple (a sequence of pgoutput column values) into a row.
         self.decode: Callable[[Sequence[Any]], Row] = _unrolled_decode(self)
+        #: Decodes an UPDATE's full old tuple and new tuple into ``(old, new)`` rows.
+        self.decode_update: Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]] = _unrolled_decode_update(self)
+
+    def decode_update_plain(self, old: Sequence[Any], new: Sequence[Any]) -> Tuple[Row, Row]:
+        """An UPDATE with its full old row (REPLICA IDENTITY FULL), the obvious way:
+        each tuple decoded, then unchanged TOASTed values of ``new`` taken from ``old``."""
+        old_row, new_row = self.decode(old), self.decode(new)
+        fill_unchanged_toast(new_row, old_row)
+        return old_row, new_row
 
     def decode_plain(self, values: Sequence[Any]) -> Row:
         """Decode one tuple the obvious way, column by column."""
@@ -294,12 +313,67 @@ def _unrolled_decode(decoder: RowDecoder) -> Callable[[Sequence[Any]], Row]:
         "        pass\n"
         "    return decode_plain(values)\n"
     )
-    namespace: Dict[str, Any] = {"cursor": decoder.cursor, "decode_plain": decoder.decode_plain}
+    decode: Callable[[Sequence[Any]], Row] = _compiled(
+        decoder, source, "row decoder", decode_plain=decoder.decode_plain)["decode"]
+    return decode
+
+
+def _compiled(decoder: RowDecoder, source: str, what: str, **names: Any) -> Dict[str, Any]:
+    """Run ``source`` with the relation's column names as ``n0, n1, ...``, its casters
+    as ``c0, c1, ...``, the cursor and ``names``: the namespace it defined."""
+    namespace: Dict[str, Any] = {"cursor": decoder.cursor, **names}
     namespace.update((f"n{i}", name) for i, name in enumerate(decoder.names))
     namespace.update((f"c{i}", cast) for i, cast in enumerate(decoder.casters))
-    exec(compile(source, f"<row decoder of {decoder.table_text}>", "exec"), namespace)
-    decode: Callable[[Sequence[Any]], Row] = namespace["decode"]
-    return decode
+    exec(compile(source, f"<{what} of {decoder.table_text}>", "exec"), namespace)
+    return namespace
+
+
+def _unrolled_decode_update(decoder: RowDecoder) -> Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]]:
+    """``decoder.decode_update_plain`` written out for the relation's columns.
+
+    Under REPLICA IDENTITY FULL every UPDATE brings the whole old row, and most of its
+    columns hold the same text as the new row's: those are decoded once, and the old
+    row shares the new row's value when it cannot be changed in place (str, int,
+    Decimal, datetime...; a list or dict is decoded again, so each row has its own).
+    For columns ``a, b`` it writes::
+
+        def decode_update(old, new):
+            try:
+                [o0, o1] = old
+                [v0, v1] = new
+                d0 = c0(v0, cursor)
+                d1 = c1(v1, cursor)
+                return ({n0: d0 if o0 == v0 and d0.__class__ in immutable else c0(o0, cursor),
+                         n1: ...}, {n0: d0, n1: d1})
+            except Exception:
+                pass
+            return decode_update_plain(old, new)
+
+    As for :func:`_unrolled_decode`, anything but text and NULLs (an UNCHANGED_TOAST,
+    which no caster takes, so nothing is left to fill in) goes to the plain twin.
+    """
+    count = len(decoder.names)
+    olds = ", ".join(f"o{i}" for i in range(count))
+    news = ", ".join(f"v{i}" for i in range(count))
+    casts = "".join(f"        d{i} = c{i}(v{i}, cursor)\n" for i in range(count))
+    old_items = ", ".join(
+        f"n{i}: d{i} if o{i} == v{i} and d{i}.__class__ in immutable else c{i}(o{i}, cursor)" for i in range(count))
+    new_items = ", ".join(f"n{i}: d{i}" for i in range(count))
+    source = (
+        "def decode_update(old, new):\n"
+        "    try:\n"
+        f"        [{olds}] = old\n"
+        f"        [{news}] = new\n"
+        f"{casts}"
+        f"        return {{{old_items}}}, {{{new_items}}}\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "    return decode_update_plain(old, new)\n"
+    )
+    decode_update: Callable[[Sequence[Any], Sequence[Any]], Tuple[Row, Row]] = _compiled(
+        decoder, source, "update decoder", decode_update_plain=decoder.decode_update_plain,
+        immutable=_IMMUTABLE)["decode_update"]
+    return decode_update
 
 
 class RelationCache:

@@ -35,6 +35,7 @@ class AckTracker:
         self._changed = threading.Condition(self._lock)
         self._open: Deque[Transaction] = collections.deque()
         self._queued_events = 0
+        self._queued_bytes = 0
         self._tasks = 0
         self.acked_lsn = 0
         self.events_delivered = 0
@@ -45,18 +46,21 @@ class AckTracker:
         with self._lock:
             self._open.append(txn)
 
-    def add_task(self, txn: Transaction, events: int) -> None:
+    def add_task(self, txn: Transaction, events: int, size: int = 0) -> None:
         with self._lock:
             txn.pending += 1
             self._tasks += 1
             self._queued_events += events
+            self._queued_bytes += size
 
-    def task_done(self, txn: Transaction, events: int, delivered: Optional[int] = None) -> None:
-        """A task of ``events`` events has run; ``delivered`` of them, when it stopped short."""
+    def task_done(self, txn: Transaction, events: int, delivered: Optional[int] = None, size: int = 0) -> None:
+        """A task of ``events`` events (``size`` bytes of changes) has run; ``delivered``
+        of them, when it stopped short."""
         with self._lock:
             txn.pending -= 1
             self._tasks -= 1
             self._queued_events -= events
+            self._queued_bytes -= size
             if delivered is None:
                 self.events_delivered += events
             else:
@@ -102,6 +106,10 @@ class AckTracker:
     @property
     def queued_events(self) -> int:
         return self._queued_events
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     def wait_drained(self, timeout: Optional[float]) -> bool:
         """Wait until every task handed to workers has run; False on timeout."""

@@ -8,7 +8,9 @@ the cost of crossing threads is paid per batch, not per event. Routes and the
 
 A listener with ``max_parallel=1`` has one worker: its callbacks run one at a time in
 commit order. With N > 1 (or -1: up to ``UNBOUNDED_WORKERS``) events are handed out
-one by one to up to N workers. Whatever the setting, a transaction is done only when
+one by one to up to N workers. A batch is handed off early once the changes behind it
+reach a sixteenth of ``max_queued_bytes``, so that few large rows wait in no count.
+Whatever the setting, a transaction is done only when
 every task holding one of its events has run, and the tracker acknowledges done
 transactions in commit order only.
 """
@@ -44,9 +46,14 @@ _in_callback = threading.local()  # .active: this worker thread is running a tas
 class Dispatcher(Sink):
     """Routes changes to attached listeners and runs their callbacks on worker threads."""
 
-    def __init__(self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000) -> None:
+    def __init__(
+        self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self._tracker = AckTracker()
         self.max_queued_events = max_queued_events
+        self.max_queued_bytes = max_queued_bytes
+        self._batch_bytes = max(max_queued_bytes // 16, 1)
         self._on_error = on_error
         self._lock = threading.Lock()
         # The maps are replaced whole on change, so the replication thread reads
@@ -183,6 +190,10 @@ class Dispatcher(Sink):
         return self._tracker.queued_events
 
     @property
+    def queued_bytes(self) -> int:
+        return self._tracker.queued_bytes
+
+    @property
     def events_delivered(self) -> int:
         return self._tracker.events_delivered
 
@@ -201,7 +212,7 @@ class Dispatcher(Sink):
 
     def change(
         self, txn: Transaction, operation: Operation, table: TableName, lsn: int,
-        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]], size: int = 0,
     ) -> None:
         """Queue an INSERT, UPDATE or DELETE for each route that wants it.
 
@@ -245,7 +256,7 @@ class Dispatcher(Sink):
                 if key_changed:
                     for event in route.key_change_events(text, lsn, txn, old, new):  # type: ignore[arg-type]
                         if route.listener.callbacks_for(event.operation):
-                            self._add_pending(route, txn, event)
+                            self._add_pending(route, txn, event, size)
                     continue
             wanted = route.listener.callbacks_for(operation)
             if route.plain:
@@ -269,7 +280,8 @@ class Dispatcher(Sink):
                 route.pending_txn = txn
                 self._started_batches.append(route)
             pending.append(event)
-            if len(pending) >= route.batch_size:
+            route.pending_bytes += size
+            if len(pending) >= route.batch_size or route.pending_bytes >= self._batch_bytes:
                 self._hand_off(route)
         if self._closing and routes is not all_routes:  # close() began during the loop
             self._mark_cut_short(txn, all_routes)
@@ -281,7 +293,7 @@ class Dispatcher(Sink):
 
     def change_plainly(
         self, txn: Transaction, operation: Operation, table: TableName, lsn: int,
-        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]],
+        old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]], size: int = 0,
     ) -> None:
         """What :meth:`change` does, written plainly: each route shapes its own event."""
         self._merges.note_change(table, txn, old, new)
@@ -299,7 +311,7 @@ class Dispatcher(Sink):
                 events = [] if event is None else [event]
             for event in events:
                 if route.listener.callbacks_for(event.operation):
-                    self._add_pending(route, txn, event)
+                    self._add_pending(route, txn, event, size)
 
     def truncate(self, txn: Transaction, table: TableName, lsn: int, cascade: bool, restart_identity: bool) -> None:
         """Queue a TRUNCATE for each route with a callback for it (fields and conditions
@@ -327,13 +339,14 @@ class Dispatcher(Sink):
         if route.callbacks_for(event):
             self._add_pending(route, txn, event)
 
-    def _add_pending(self, route: Any, txn: Transaction, event: Any) -> None:
+    def _add_pending(self, route: Any, txn: Transaction, event: Any, size: int = 0) -> None:
         pending = route.pending
         if not pending:
             route.pending_txn = txn
             self._started_batches.append(route)
         pending.append(event)
-        if len(pending) >= route.batch_size:
+        route.pending_bytes += size
+        if len(pending) >= route.batch_size or route.pending_bytes >= self._batch_bytes:
             self._hand_off(route)
 
     def flush(self) -> None:
@@ -348,13 +361,16 @@ class Dispatcher(Sink):
         self._tracker.commit(txn, end_lsn)
 
     def has_room(self) -> bool:
-        return self._tracker.queued_events < self.max_queued_events
+        # Asked before every frame read: the tracker's counters, read without their properties.
+        tracker = self._tracker
+        return tracker._queued_events < self.max_queued_events and tracker._queued_bytes < self.max_queued_bytes
 
     def _hand_off(self, route: Any) -> None:
         events, route.pending = route.pending, []
+        size, route.pending_bytes = route.pending_bytes, 0
         txn = route.pending_txn
-        self._tracker.add_task(txn, len(events))
-        route.workers.put(Task(route, txn, events))
+        self._tracker.add_task(txn, len(events), size)
+        route.workers.put(Task(route, txn, events, size))
 
     # --- worker threads ---------------------------------------------------------------
 
@@ -387,7 +403,7 @@ class Dispatcher(Sink):
                             running.notify_finished()
         finally:
             _in_callback.active = False
-            self._tracker.task_done(task.txn, len(task.events), delivered)
+            self._tracker.task_done(task.txn, len(task.events), delivered, task.size)
 
     def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
         with self._lock:

@@ -39,6 +39,7 @@ class Route:
         self.active = True
         self.pending: List[Event] = []  # touched by the replication thread only
         self.pending_txn: Optional[Transaction] = None
+        self.pending_bytes = 0  # of the changes behind ``pending``
         self.running_calls = listener.running_calls
         self.still_wanted = listener.is_registered
         self.key_columns: Tuple[str, ...] = ()
@@ -195,6 +196,7 @@ class MessageRoute:
         self.batch_size = BATCH_SIZE
         self.pending: List[Any] = []
         self.pending_txn: Optional[Transaction] = None
+        self.pending_bytes = 0
         self.running_calls = RunningCalls()
         self.still_wanted: Callable[[Any], bool] = lambda callback: True  # no way to unregister
 

@@ -10,12 +10,13 @@ __all__ = ["Task", "Workers"]
 
 
 class Task:
-    __slots__ = ("route", "txn", "events")
+    __slots__ = ("route", "txn", "events", "size")
 
-    def __init__(self, route: Any, txn: Any, events: List[Any]) -> None:
+    def __init__(self, route: Any, txn: Any, events: List[Any], size: int = 0) -> None:
         self.route = route
         self.txn = txn
         self.events = events
+        self.size = size  # bytes of the changes behind the events
 
 
 class Workers:

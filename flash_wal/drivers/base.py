@@ -45,8 +45,9 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def change(self, txn: Any, operation: Operation, table: TableName, lsn: int,
-               old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> None:
-        """An INSERT, UPDATE or DELETE of ``txn``: the old and new rows, decoded."""
+               old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]], size: int = 0) -> None:
+        """An INSERT, UPDATE or DELETE of ``txn``: the old and new rows, decoded;
+        ``size``, the bytes of the message they came in (what ``max_queued_bytes`` counts)."""
 
     @abc.abstractmethod
     def truncate(self, txn: Any, table: TableName, lsn: int, cascade: bool, restart_identity: bool) -> None:
@@ -109,6 +110,11 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def queued_events(self) -> int:
         """Events handed to callbacks and not finished."""
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the changes behind :attr:`queued_events` (0 if not counted)."""
+        return 0
 
     #: Called, from any thread and without blocking, whenever acked_lsn moves.
     on_acknowledged: Optional[Callable[[], None]]

@@ -74,6 +74,7 @@ class ChangeTranslator:
         self._held: Dict[int, HeldTransaction] = {}  # top-level xid -> its frames
         self._streaming: Optional[HeldTransaction] = None  # the block being received
         self._replay: Optional[Replay] = None
+        self._size = 0  # bytes of the message being handled, passed on with its change
         self._handlers: Dict[type, Callable[[Any, int], Optional[Replay]]] = {
             StreamStart: self._stream_start,
             StreamStop: self._stream_stop,
@@ -98,6 +99,7 @@ class ChangeTranslator:
 
     def handle(self, message: Any, lsn: int, payload: bytes) -> Optional[Replay]:
         """Act on one message; for a Stream Commit, return the replay to run."""
+        self._size = len(payload)
         held = self._streaming
         if held is not None and message.__class__ is not StreamStop:
             if message.__class__ is Relation:
@@ -199,6 +201,7 @@ class ChangeTranslator:
             parse_held, handlers = self.parser.parse_held, self._handlers
             for lsn, payload in held.frames():
                 message = parse_held(payload)
+                self._size = len(payload)
                 handlers[message.__class__](message, lsn)
                 yield
             self._close(commit.end_lsn)
@@ -243,7 +246,7 @@ class ChangeTranslator:
             return
         decoder = self.relations.get(message.relid)
         if self.sink.wants(decoder.table):
-            self.sink.change(self.txn, INSERT, decoder.table, lsn, None, decoder.decode(message.new))
+            self.sink.change(self.txn, INSERT, decoder.table, lsn, None, decoder.decode(message.new), self._size)
 
     def _update(self, message: Update, lsn: int) -> None:
         self._changes += 1
@@ -251,12 +254,14 @@ class ChangeTranslator:
             return
         decoder = self.relations.get(message.relid)
         if self.sink.wants(decoder.table):
-            old = None
-            if message.old is not None:
-                old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            new = decoder.decode(message.new)
-            fill_unchanged_toast(new, old)
-            self.sink.change(self.txn, UPDATE, decoder.table, lsn, old, new)
+            old: Optional[Dict[str, Any]]
+            if message.old is not None and not message.old_is_key:
+                old, new = decoder.decode_update(message.old, message.new)  # REPLICA IDENTITY FULL
+            else:
+                old = None if message.old is None else decoder.decode_key(message.old)
+                new = decoder.decode(message.new)
+                fill_unchanged_toast(new, old)
+            self.sink.change(self.txn, UPDATE, decoder.table, lsn, old, new, self._size)
 
     def _delete(self, message: Delete, lsn: int) -> None:
         self._changes += 1
@@ -265,7 +270,7 @@ class ChangeTranslator:
         decoder = self.relations.get(message.relid)
         if self.sink.wants(decoder.table):
             old = decoder.decode_key(message.old) if message.old_is_key else decoder.decode(message.old)
-            self.sink.change(self.txn, DELETE, decoder.table, lsn, old, None)
+            self.sink.change(self.txn, DELETE, decoder.table, lsn, old, None, self._size)
 
     def _truncate(self, message: Truncate, lsn: int) -> None:
         self._changes += 1
