@@ -11,10 +11,19 @@ commit order. With N > 1 (or -1: up to ``UNBOUNDED_WORKERS``) events are handed 
 one by one to up to N workers. Whatever the setting, a transaction is done only when
 every task holding one of its events has run, and the tracker acknowledges done
 transactions in commit order only.
+
+A callback may return a :class:`concurrent.futures.Future` to finish its work later
+(a sink publishing to a broker, see :mod:`flash_wal.contrib.nats`): the worker goes on
+to the next event at once, so callbacks are still called one at a time in commit order,
+but the event counts as queued, and its transaction as not done, until the future is.
+A future that fails is a failed callback (logged, ``on_error``); one that is cancelled
+means the event was not delivered: its transaction is never acknowledged.
 """
 
+import functools
 import logging
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..drivers.base import Sink
@@ -333,6 +342,7 @@ class Dispatcher(Sink):
         running = route.running_calls
         calling, me = running.by_thread, threading.get_ident()
         delivered = None
+        later: Optional[List[Tuple["Future[Any]", Any, Any]]] = None  # futures the callbacks returned
         _in_callback.active = True
         try:
             for index, event in enumerate(task.events):
@@ -345,7 +355,11 @@ class Dispatcher(Sink):
                     calling[me] = callback
                     try:
                         if route.active and still_wanted(callback):
-                            callback(event)
+                            result = callback(event)
+                            if isinstance(result, Future):
+                                if later is None:
+                                    later = []
+                                later.append((result, event, callback))
                     except BaseException as exc:
                         # A user callback, even one calling sys.exit(): report and go
                         # on, or the listener's worker would die with its queue.
@@ -356,7 +370,39 @@ class Dispatcher(Sink):
                             running.notify_finished()
         finally:
             _in_callback.active = False
-            self._tracker.task_done(task.txn, len(task.events), delivered)
+            if later is None:
+                self._tracker.task_done(task.txn, len(task.events), delivered)
+            else:
+                self._finish_later(task, delivered, later)
+
+    def _finish_later(self, task: Task, delivered: Optional[int], later: List[Tuple["Future[Any]", Any, Any]]) -> None:
+        """The task is done once every future its callbacks returned is done."""
+        lock = threading.Lock()
+        state = {"remaining": len(later), "cancelled": 0}
+
+        def future_done(event: Any, callback: Any, future: "Future[Any]") -> None:
+            if future.cancelled():
+                cancelled = 1
+            else:
+                cancelled = 0
+                exc = future.exception()
+                if exc is not None:
+                    self._callback_failed(exc, event, callback)
+            with lock:
+                state["remaining"] -= 1
+                state["cancelled"] += cancelled
+                if state["remaining"]:
+                    return
+            events = len(task.events)
+            if state["cancelled"]:
+                # Not delivered: the transaction must come again, so it is never acknowledged.
+                done = events if delivered is None else delivered
+                self._tracker.task_done(task.txn, events, max(0, done - state["cancelled"]))
+            else:
+                self._tracker.task_done(task.txn, events, delivered)
+
+        for future, event, callback in later:
+            future.add_done_callback(functools.partial(future_done, event, callback))
 
     def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
         with self._lock:
