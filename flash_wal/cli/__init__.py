@@ -2,7 +2,7 @@
 
 One parser with a sub-parser per command; each command is a function taking the
 parsed arguments and returning an exit status, in the module named after it:
-:mod:`.listen`, :mod:`.admin` (``status`` and ``cleanup``), :mod:`.demo`. Exit
+:mod:`.listen`, :mod:`.pipe`, :mod:`.admin` (``status`` and ``cleanup``), :mod:`.demo`. Exit
 statuses: 0 success, 1 a runtime failure (a :class:`~flash_wal.errors.FlashError`,
 reported as one line on stderr, not a traceback), 2 a usage error (one line too), 130
 interrupted (SIGINT), 141 the reader of ``listen``'s output went away.
@@ -19,6 +19,7 @@ from ..foreground import stderr_logging
 from .admin import add_cleanup_parser, add_status_parser
 from .demo import add_demo_parser
 from .listen import add_listen_parser
+from .pipe import add_pipe_parser
 from .options import (
     EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, add_verbose_option,
 )
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_parser(commands)
     add_cleanup_parser(commands)
     add_listen_parser(commands)
+    add_pipe_parser(commands)
     return parser
 
 

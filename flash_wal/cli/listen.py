@@ -24,7 +24,7 @@ from .options import (
     EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, add_server_options, add_verbose_option,
 )
 
-__all__ = ["cmd_listen", "add_listen_parser", "parse_where", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
+__all__ = ["cmd_listen", "add_listen_parser", "add_table_options", "table_selection", "listen_conditions", "parse_where", "JsonLines", "LISTEN_SLOT", "LISTEN_SHUTDOWN_TIMEOUT"]
 
 #: Seconds close() gives callbacks still writing lines when ``listen`` stops. A line
 #: takes microseconds to write; events held back (see JsonLines) keep the exit
@@ -106,10 +106,8 @@ class JsonLines:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     """``flash-wal listen``: print the changes of tables as JSON lines."""
-    tables: Dict[TableName, str] = {}  # the text given for each table; a table named twice once
-    for text in args.table:
-        tables.setdefault(parse_table_name(text), text)
-    conditions = _listen_conditions(args)
+    tables = table_selection(args)
+    conditions = listen_conditions(args)
     output = JsonLines(sys.stdout.fileno(), args.max_events, hold_back=args.durable)
     client = Client(ClientConfig(
         database_cnx=args.dsn or _FROM_ENVIRONMENT,
@@ -146,7 +144,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK  # SIGTERM or --max-events
 
 
-def _listen_conditions(args: argparse.Namespace) -> List[Condition]:
+def listen_conditions(args: argparse.Namespace) -> List[Condition]:
     """The Conditions of --where, --where-null and --where-not-null.
 
     Their values stay texts: the driver has the server read each as a value of its
@@ -191,7 +189,7 @@ _WHERE_USAGE = "COLUMN=VALUE (or !=, <>, <, <=, >, >=; or 'COLUMN in (A,B)', 'CO
 
 def parse_where(text: str) -> Condition:
     """``COLUMN<op>VALUE`` or ``COLUMN [not] in (A,B,...)``, as a Condition whose
-    values are texts (see :func:`_listen_conditions`). Spaces around the column, the
+    values are texts (see :func:`listen_conditions`). Spaces around the column, the
     operator and each value are dropped; a value holding a comma is quoted as in CSV:
     ``tag in ("a,b", c)``."""
     membership = _MEMBERSHIP.fullmatch(text)
@@ -215,6 +213,50 @@ def _count_argument(text: str) -> int:
     return int(text)
 
 
+def add_table_options(parser: argparse.ArgumentParser, *, verb: str) -> None:
+    """--table, --ops, --fields, --where, --where-null and --where-not-null, as ``listen``
+    and ``pipe`` take them (``verb``: what the command does with an event, in the help);
+    :func:`table_selection` reads them."""
+    verbs = verb + ("es" if verb.endswith(("sh", "s")) else "s")
+    parser.add_argument(
+        "-t", "--table", action="append", required=True, type=_table_argument, metavar="TABLE",
+        help=f"a table to {verb} the changes of: posts, stats.visits, '\"My Schema\".\"My Table\"'; repeat for several",
+    )
+    parser.add_argument(
+        "--ops", type=_operations_argument, default=Operation.ALL, metavar="OPS",
+        help=f"the operations to {verb}, separated by commas: insert, update, delete, truncate (default: all)",
+    )
+    parser.add_argument(
+        "--fields", action="extend", type=_columns_argument, default=[], metavar="COLUMNS",
+        help=(f"{verb} only these columns, separated by commas (default: all); an update that "
+              f"changes none of them {verbs} nothing"),
+    )
+    parser.add_argument(
+        "--where", action="append", type=parse_where, default=[], metavar="CONDITION",
+        help=(f"{verb} only rows for which CONDITION holds: COLUMN=VALUE, COLUMN!=VALUE (or <>), "
+              "COLUMN<VALUE, <=, >, >=, 'COLUMN in (A,B)', 'COLUMN not in (A,B)'; values are "
+              "read as the column's type: published=true, 'price>=9.5', day=2025-01-31, "
+              "meta={\"a\":1} for json; repeat for several, all must hold; an update that "
+              f"makes a row match {verbs} as an INSERT, one that makes it stop matching as a DELETE"),
+    )
+    parser.add_argument(
+        "--where-null", action="append", default=[], metavar="COLUMN",
+        help=f"{verb} only rows whose COLUMN IS NULL; repeatable",
+    )
+    parser.add_argument(
+        "--where-not-null", action="append", default=[], metavar="COLUMN",
+        help=f"{verb} only rows whose COLUMN IS NOT NULL; repeatable",
+    )
+
+
+def table_selection(args: argparse.Namespace) -> Dict[TableName, str]:
+    """The tables of --table, each once, with the text given for it."""
+    tables: Dict[TableName, str] = {}
+    for text in args.table:
+        tables.setdefault(parse_table_name(text), text)
+    return tables
+
+
 def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
     parser = commands.add_parser(
         "listen",
@@ -236,35 +278,7 @@ def add_listen_parser(commands: "argparse._SubParsersAction[Parser]") -> None:
             f"{PROG} listen --table posts --ops insert,update --where status=published | jq .new"
         ),
     )
-    parser.add_argument(
-        "-t", "--table", action="append", required=True, type=_table_argument, metavar="TABLE",
-        help="a table to listen to: posts, stats.visits, '\"My Schema\".\"My Table\"'; repeat for several",
-    )
-    parser.add_argument(
-        "--ops", type=_operations_argument, default=Operation.ALL, metavar="OPS",
-        help="the operations to print, separated by commas: insert, update, delete, truncate (default: all)",
-    )
-    parser.add_argument(
-        "--fields", action="extend", type=_columns_argument, default=[], metavar="COLUMNS",
-        help=("print only these columns, separated by commas (default: all); an update that "
-              "changes none of them prints nothing"),
-    )
-    parser.add_argument(
-        "--where", action="append", type=parse_where, default=[], metavar="CONDITION",
-        help=("print only rows for which CONDITION holds: COLUMN=VALUE, COLUMN!=VALUE (or <>), "
-              "COLUMN<VALUE, <=, >, >=, 'COLUMN in (A,B)', 'COLUMN not in (A,B)'; values are "
-              "read as the column's type: published=true, 'price>=9.5', day=2025-01-31, "
-              "meta={\"a\":1} for json; repeat for several, all must hold; an update that "
-              "makes a row match prints as an INSERT, one that makes it stop matching as a DELETE"),
-    )
-    parser.add_argument(
-        "--where-null", action="append", default=[], metavar="COLUMN",
-        help="print only rows whose COLUMN IS NULL; repeatable",
-    )
-    parser.add_argument(
-        "--where-not-null", action="append", default=[], metavar="COLUMN",
-        help="print only rows whose COLUMN IS NOT NULL; repeatable",
-    )
+    add_table_options(parser, verb="print")
     parser.add_argument(
         "-n", "--max-events", type=_count_argument, default=None, metavar="N",
         help="exit, with status 0, after printing N events",

@@ -13,10 +13,22 @@ reach a sixteenth of ``max_queued_bytes``, so that few large rows wait in no cou
 Whatever the setting, a transaction is done only when
 every task holding one of its events has run, and the tracker acknowledges done
 transactions in commit order only.
+
+A callback may return a :class:`concurrent.futures.Future` to finish its work later
+(a sink publishing to a broker, see :mod:`flash_wal.contrib.nats`): the worker goes on
+to the next event at once, so callbacks are still called one at a time in commit order,
+but the event counts as queued, and its transaction as not done, until the future is.
+A future that fails is a failed callback (logged, ``on_error``); one that is cancelled
+means the event was not delivered: its transaction is never acknowledged.
+
+Why this module runs past 450 lines: :meth:`Dispatcher.change` is the hot path, spelled
+out, and :meth:`Dispatcher.change_plainly` its readable twin; they stay side by side so
+that whoever changes one sees the other (a unit test holds them equal).
 """
 
 import logging
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backfill import WATERMARK_PREFIX, Merge
@@ -27,6 +39,7 @@ from ..listener import Listener
 from ..operations import Operation
 from ..table_name import TableName
 from .acknowledgement import AckTracker, Transaction
+from .deferred import finish_when_done
 from .merging import Merges
 from .route_index import TableRoutes
 from .routes import MessageRoute, Route, describe_event, unshaped_event
@@ -380,6 +393,7 @@ class Dispatcher(Sink):
         running = route.running_calls
         calling, me = running.by_thread, threading.get_ident()
         delivered = None
+        later: Optional[List[Tuple["Future[Any]", Any, Any]]] = None  # futures the callbacks returned
         _in_callback.active = True
         try:
             for index, event in enumerate(task.events):
@@ -392,7 +406,11 @@ class Dispatcher(Sink):
                     calling[me] = callback
                     try:
                         if route.active and still_wanted(callback):
-                            callback(event)
+                            result = callback(event)
+                            if isinstance(result, Future):
+                                if later is None:
+                                    later = []
+                                later.append((result, event, callback))
                     except BaseException as exc:
                         # A user callback, even one calling sys.exit(): report and go
                         # on, or the listener's worker would die with its queue.
@@ -403,7 +421,13 @@ class Dispatcher(Sink):
                             running.notify_finished()
         finally:
             _in_callback.active = False
-            self._tracker.task_done(task.txn, len(task.events), delivered, task.size)
+            if later is None:
+                self._tracker.task_done(task.txn, len(task.events), delivered, task.size)
+            else:
+                self._finish_later(task, delivered, later)
+
+    def _finish_later(self, task: Task, delivered: Optional[int], later: List[Tuple["Future[Any]", Any, Any]]) -> None:
+        finish_when_done(self._tracker, task, delivered, later, self._callback_failed)
 
     def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
         with self._lock:
