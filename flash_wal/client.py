@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 import attr
 
 from .connection import mask_dsn
-from .dispatcher import Dispatcher, ErrorHandler
+from .dispatcher import Dispatcher, ErrorHandler, Executor, Task, worker_threads
 from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
 from .listener import Listener, listener_for
@@ -100,11 +100,18 @@ class Client:
         self.driver = config.driver
         self._lock = threading.RLock()
         self._listeners: List[Listener] = []
-        self._dispatcher = Dispatcher(on_error=config.on_error, max_queued_events=config.max_queued_events)
+        self._dispatcher = Dispatcher(
+            on_error=config.on_error, max_queued_events=config.max_queued_events, executor_for=self._executor_for,
+        )
         self._state = ClientState.NEW
         self._done = threading.Event()
         self._closed = threading.Event()
         self._fatal: Optional[BaseException] = None
+
+    def _executor_for(self, listener: Listener, run: Callable[[Task], None]) -> Executor:
+        """Where an attached listener's callbacks run: worker threads (``flash_wal.aio``
+        runs coroutine callbacks on its event loop instead)."""
+        return worker_threads(listener, run)
 
     # --- listeners --------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ..table_name import TableName
 from .acknowledgement import AckTracker, Transaction
 from .route_index import TableRoutes
 from .routes import MessageRoute, Route, describe_event, unshaped_event
-from .workers import Task, Workers
+from .workers import ExecutorFactory, Task, Workers, worker_threads
 
 __all__ = ["Dispatcher", "ErrorHandler"]
 
@@ -41,7 +41,11 @@ _in_callback = threading.local()  # .active: this worker thread is running a tas
 class Dispatcher(Sink):
     """Routes changes to attached listeners and runs their callbacks on worker threads."""
 
-    def __init__(self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000) -> None:
+    def __init__(
+        self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000,
+        executor_for: ExecutorFactory = worker_threads,
+    ) -> None:
+        self._executor_for = executor_for
         self._tracker = AckTracker()
         self.max_queued_events = max_queued_events
         self._on_error = on_error
@@ -63,8 +67,7 @@ class Dispatcher(Sink):
     def attach(self, listener: Listener, since_lsn: int = 0) -> None:
         """Route changes committed after ``since_lsn`` on the listener's table to it."""
         with self._lock:
-            workers = Workers(str(listener.table), listener.config.max_parallel, self._run)
-            route = Route(listener, since_lsn, workers)
+            route = Route(listener, since_lsn, self._executor_for(listener, self._run))
             route.set_table_key(self._table_keys.get(listener.table, ()))
             by_listener = dict(self._by_listener)
             by_listener[listener] = route
