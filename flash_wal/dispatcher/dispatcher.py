@@ -352,16 +352,30 @@ class Dispatcher(Sink):
                     except BaseException as exc:
                         # A user callback, even one calling sys.exit(): report and go
                         # on, or the listener's worker would die with its queue.
-                        self._callback_failed(exc, event, callback)
+                        self.callback_failed(exc, event, callback)
                     finally:
                         calling[me] = None
                         if running.waiters:
                             running.notify_finished()
         finally:
             _in_callback.active = False
-            self._tracker.task_done(task.txn, len(task.events), delivered)
+            self.task_done(task, delivered)
 
-    def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
+    # --- executors (any thread) ---------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """close() began: events an executor did not run are then never acknowledged."""
+        return self._closing
+
+    def task_done(self, task: Task, delivered: Optional[int] = None) -> None:
+        """Every call of ``task`` has completed (or ``delivered`` of its events were run
+        when it stopped short because its listener's route went inactive while closing).
+        An executor that runs tasks its own way ends each with this."""
+        self._tracker.task_done(task.txn, len(task.events), delivered)
+
+    def callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
+        """Log a callback's exception and pass it to ``on_error``."""
         with self._lock:
             self.callbacks_failed += 1
         # Not the event itself: its rows may be large, or personal data.
