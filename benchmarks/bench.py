@@ -24,6 +24,10 @@ filters     --filter-rows updated rows and a listener matching 1 %, with server_
             off and on; an UPDATE-only listener under an INSERT workload with and
             without per-operation publishing: changes/s, events/s and bytes received
             (benchmarks/filters.py).
+aio         the throughput transaction drained by a threaded no-op callback, an async
+            no-op callback and an events() iterator: the asyncio rates as ratios to
+            the threaded one; and the latency above to a coroutine callback
+            (benchmarks/aio.py).
 
 Prints a table, writes the figures as JSON (default benchmarks/results.json) and exits
 with status 1 if a target is missed. See docs/performance.rst.
@@ -45,6 +49,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+import aio
 import filters
 import tenants
 
@@ -64,6 +69,7 @@ TARGETS = {
     "idle_cpu_percent": ("<=", 1.0),
     **tenants.TARGETS,
     **filters.TARGETS,
+    **aio.TARGETS,
 }
 
 
@@ -194,7 +200,7 @@ def child_idle(dsn: str, seconds: float) -> None:
 
 CHILDREN = {"raw": child_raw, "flash": child_flash, "latency": child_latency,
             "memory": child_memory, "idle": child_idle, "tenants": tenants.child_tenants,
-            "filters": filters.child_filters}
+            "filters": filters.child_filters, "aio": aio.child_aio, "aio_latency": aio.child_aio_latency}
 
 
 # --- the conductor --------------------------------------------------------------------
@@ -232,6 +238,16 @@ def reset_table(dsn: str) -> None:
     execute(dsn, sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
 
 
+def make_durable_slots(dsn: str, slots: Any, table: str) -> None:
+    """Durable slots, one per reader, whose publication holds ``table``: each reads a
+    backlog committed after this once."""
+    for slot in slots:
+        client = flash_client(dsn, slot, durable=True)
+        client.on(table)(lambda event: None)  # before start(): the publication must hold the table
+        with client:
+            pass
+
+
 def measure_throughput(dsn: str, rows: int, rounds: int) -> Dict[str, float]:
     """The best of ``rounds`` alternating reads of each kind, so that a moment of load
     on the shared machine does not decide the ratio."""
@@ -265,10 +281,9 @@ def measure_throughput(dsn: str, rows: int, rounds: int) -> Dict[str, float]:
             "throughput_ratio": max(flash) / max(raw), "raw_rounds": raw, "flash_rounds": flash}
 
 
-def measure_latency(dsn: str, rate: float, seconds: float) -> Dict[str, float]:
-    count = int(rate * seconds)
-    consumer = Child("latency", dsn, count)
-    consumer.read()  # ready
+def write_at_rate(dsn: str, rate: float, count: int) -> List[float]:
+    """``count`` single-row INSERT transactions (ids 0, 1, ...) at ``rate`` per second;
+    when each COMMIT returned."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     cursor = conn.cursor()
@@ -282,6 +297,14 @@ def measure_latency(dsn: str, rate: float, seconds: float) -> Dict[str, float]:
         cursor.execute(insert, (i,))
         committed.append(time.perf_counter())
     conn.close()
+    return committed
+
+
+def measure_latency(dsn: str, rate: float, seconds: float) -> Dict[str, float]:
+    count = int(rate * seconds)
+    consumer = Child("latency", dsn, count)
+    consumer.read()  # ready
+    committed = write_at_rate(dsn, rate, count)
     started = consumer.result()["started"]
     latencies = sorted((started[str(i)] - committed[i]) * 1000 for i in range(count))
     reset_table(dsn)
@@ -338,6 +361,7 @@ def report(figures: Dict[str, Any]) -> bool:
                       verdict("idle_cpu_percent", figures["idle_cpu_percent"])))
     lines += tenants.report_lines(figures, verdict)
     lines += filters.report_lines(figures, verdict)
+    lines += aio.report_lines(figures, verdict)
     width = max(len(line[0]) for line in lines)
     for name, value, target in lines:
         print(f"  {name:<{width}}  {value:>20}   {target}")
@@ -355,7 +379,7 @@ def main() -> int:
     parser.add_argument("--tenant-rows", type=int, default=100_000, help="tenants: rows of the backlog")
     parser.add_argument("--filter-rows", type=int, default=200_000, help="filters: rows updated, rows inserted")
     parser.add_argument("--quick", action="store_true", help="a tenth of every size and duration")
-    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants,filters",
+    parser.add_argument("--only", default="throughput,latency,memory,idle,tenants,filters,aio",
                         help="comma-separated measurements")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"), metavar="PATH")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -392,6 +416,9 @@ def main() -> int:
             figures.update(tenants.measure_tenants(dsn, args.tenant_rows, args.rounds, execute, Child))
         if "filters" in only:
             figures.update(filters.measure_filters(dsn, args.filter_rows, args.rounds, execute, Child))
+        if "aio" in only:
+            figures.update(aio.measure_aio(dsn, args.rows, args.rounds, args.rate, args.latency_seconds,
+                                           execute, Child))
     met = report(figures)
     figures["sizes"] = {"rows": args.rows, "rate": args.rate, "latency_seconds": args.latency_seconds,
                         "memory_rows": args.memory_rows, "idle_seconds": args.idle_seconds, "tenant_rows": args.tenant_rows,
