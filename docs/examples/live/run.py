@@ -6,6 +6,7 @@ Starts the embedded server, creates the demo table ``posts``, starts the demo's 
 
 import argparse
 import os
+import signal
 import sys
 
 import uvicorn
@@ -25,6 +26,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between the writer's changes")
     args = parser.parse_args()
+    # uvicorn raises SIGTERM again once it has shut down: exit through the finally
+    # blocks below, so that the embedded server is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with EmbeddedPostgres() as server:
         import psycopg2
 
