@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGE := flash_wal
 
-.PHONY: demo test test-unit test-faults soak kill-backlog test-matrix docs bench clean \
+.PHONY: demo demo-web test test-unit test-faults soak kill-backlog test-matrix docs bench clean \
 	typecheck check-python-version dist-check
 
 $(STAMP): setup.cfg setup.py pyproject.toml
@@ -16,6 +16,10 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/flash-wal demo
+
+# The live page (docs/examples/live) on the embedded server; prints its URL.
+demo-web: $(STAMP)
+	$(PY) docs/examples/live/run.py $(DEMO_WEB_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

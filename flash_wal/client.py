@@ -10,7 +10,7 @@ import attr
 
 from .backfill import DEFAULT_CHUNK_SIZE, Backfill
 from .connection import mask_dsn
-from .dispatcher import Dispatcher, ErrorHandler
+from .dispatcher import Dispatcher, ErrorHandler, Executor, Task, worker_threads
 from .drivers.base import Driver
 from .errors import ConfigurationError, FlashError
 from .listener import Listener, listener_for
@@ -108,7 +108,7 @@ class Client:
         self._listeners: List[Listener] = []
         self._dispatcher = Dispatcher(
             on_error=config.on_error, max_queued_events=config.max_queued_events,
-            max_queued_bytes=config.max_queued_bytes,
+            max_queued_bytes=config.max_queued_bytes, executor_for=self._executor_for,
         )
         self._state = ClientState.NEW
         self._done = threading.Event()
@@ -117,6 +117,11 @@ class Client:
         self._backfills: List[Backfill] = []  # every one of this client's life
         self._backfill_of: Dict[Listener, Backfill] = {}
         self._backfill_ordinals: Dict[Listener, int] = {}
+
+    def _executor_for(self, listener: Listener, run: Callable[[Task], None]) -> Executor:
+        """Where an attached listener's callbacks run: worker threads (``flash_wal.aio``
+        runs coroutine callbacks on its event loop instead)."""
+        return worker_threads(listener, run)
 
     # --- listeners --------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from .deferred import finish_when_done
 from .merging import Merges
 from .route_index import TableRoutes
 from .routes import MessageRoute, Route, describe_event, unshaped_event
-from .workers import Task, Workers
+from .workers import ExecutorFactory, Task, Workers, worker_threads
 
 __all__ = ["Dispatcher", "ErrorHandler"]
 
@@ -62,7 +62,9 @@ class Dispatcher(Sink):
     def __init__(
         self, on_error: Optional[ErrorHandler] = None, max_queued_events: int = 10_000,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        executor_for: ExecutorFactory = worker_threads,
     ) -> None:
+        self._executor_for = executor_for
         self._tracker = AckTracker()
         self.max_queued_events = max_queued_events
         self.max_queued_bytes = max_queued_bytes
@@ -87,8 +89,7 @@ class Dispatcher(Sink):
     def attach(self, listener: Listener, since_lsn: int = 0) -> None:
         """Route changes committed after ``since_lsn`` on the listener's table to it."""
         with self._lock:
-            workers = Workers(str(listener.table), listener.config.max_parallel, self._run)
-            route = Route(listener, since_lsn, workers)
+            route = Route(listener, since_lsn, self._executor_for(listener, self._run))
             route.set_table_key(self._table_keys.get(listener.table, ()))
             by_listener = dict(self._by_listener)
             by_listener[listener] = route
@@ -414,7 +415,7 @@ class Dispatcher(Sink):
                     except BaseException as exc:
                         # A user callback, even one calling sys.exit(): report and go
                         # on, or the listener's worker would die with its queue.
-                        self._callback_failed(exc, event, callback)
+                        self.callback_failed(exc, event, callback)
                     finally:
                         calling[me] = None
                         if running.waiters:
@@ -422,14 +423,25 @@ class Dispatcher(Sink):
         finally:
             _in_callback.active = False
             if later is None:
-                self._tracker.task_done(task.txn, len(task.events), delivered, task.size)
+                self.task_done(task, delivered)
             else:
-                self._finish_later(task, delivered, later)
+                finish_when_done(self._tracker, task, delivered, later, self.callback_failed)
 
-    def _finish_later(self, task: Task, delivered: Optional[int], later: List[Tuple["Future[Any]", Any, Any]]) -> None:
-        finish_when_done(self._tracker, task, delivered, later, self._callback_failed)
+    # --- executors (any thread) ---------------------------------------------------------
 
-    def _callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
+    @property
+    def closing(self) -> bool:
+        """close() began: events an executor did not run are then never acknowledged."""
+        return self._closing
+
+    def task_done(self, task: Task, delivered: Optional[int] = None) -> None:
+        """Every call of ``task`` has completed (or ``delivered`` of its events were run
+        when it stopped short because its listener's route went inactive while closing).
+        An executor that runs tasks its own way ends each with this."""
+        self._tracker.task_done(task.txn, len(task.events), delivered, task.size)
+
+    def callback_failed(self, exc: BaseException, event: Any, callback: Any) -> None:
+        """Log a callback's exception and pass it to ``on_error``."""
         with self._lock:
             self.callbacks_failed += 1
         # Not the event itself: its rows may be large, or personal data.

@@ -10,7 +10,7 @@ from ..conditions import Condition
 from ..listener import Listener, RunningCalls
 from ..operations import Operation
 from .acknowledgement import Transaction
-from .workers import Workers
+from .workers import Executor
 
 __all__ = ["BATCH_SIZE", "KeyReader", "Route", "MessageRoute", "describe_event", "key_reader", "unshaped_event"]
 
@@ -26,7 +26,7 @@ BATCH_SIZE = 256
 class Route:
     """One attached listener: how its events are shaped and where they go."""
 
-    def __init__(self, listener: Listener, since_lsn: int, workers: Workers) -> None:
+    def __init__(self, listener: Listener, since_lsn: int, workers: Executor) -> None:
         self.listener = listener
         self.table_text = str(listener.table)  # the events' table, formatted once
         config = listener.config
@@ -189,7 +189,7 @@ def key_reader(columns: Tuple[str, ...]) -> Optional[KeyReader]:
 class MessageRoute:
     """The ``on_message`` callbacks: one worker, so messages keep their order."""
 
-    def __init__(self, workers: Workers) -> None:
+    def __init__(self, workers: Executor) -> None:
         self.handlers: Tuple[Tuple[str, Callable[[Any], Any]], ...] = ()  # copied on write
         self.workers = workers
         self.active = True

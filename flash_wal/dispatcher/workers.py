@@ -1,12 +1,14 @@
-"""The worker threads of one listener, started as tasks arrive and kept until closed."""
+"""Where a listener's tasks run: the :class:`Executor` interface, and :class:`Workers`,
+the worker threads of one listener, started as tasks arrive and kept until closed."""
 
+import abc
 import collections
 import threading
 from typing import Any, Callable, Deque, List
 
-from ..listener import UNBOUNDED_WORKERS
+from ..listener import Listener, UNBOUNDED_WORKERS
 
-__all__ = ["Task", "Workers"]
+__all__ = ["Executor", "ExecutorFactory", "Task", "Workers", "worker_threads"]
 
 
 class Task:
@@ -19,7 +21,34 @@ class Task:
         self.size = size  # bytes of the changes behind the events
 
 
-class Workers:
+class Executor(abc.ABC):
+    """Runs the tasks of one listener, from the replication thread's ``put`` on.
+
+    Whoever runs a task must end it with the dispatcher's ``task_done`` (the run
+    function the dispatcher gives does), or its transaction is never acknowledged.
+    """
+
+    @abc.abstractmethod
+    def put(self, task: "Task") -> None:
+        """Run ``task`` soon, without blocking (called by the replication thread). Once
+        closed, the task still needs its bookkeeping."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """No more tasks after those queued (from any thread, without blocking)."""
+
+
+#: ``executor_for(listener, run)``: the executor of a newly attached listener, whose
+#: tasks ``run`` (the dispatcher's) runs on a thread of the executor's.
+ExecutorFactory = Callable[[Listener, Callable[["Task"], None]], Executor]
+
+
+def worker_threads(listener: Listener, run: Callable[["Task"], None]) -> Executor:
+    """The default executor: worker threads, ``max_parallel`` of them at most."""
+    return Workers(str(listener.table), listener.config.max_parallel, run)
+
+
+class Workers(Executor):
     """Up to ``limit`` threads (-1: :data:`UNBOUNDED_WORKERS`) running one listener's
     tasks; a thread waits for the next task once it is done with one."""
 
