@@ -22,7 +22,10 @@ _FROM_ENVIRONMENT = "application_name=flash_wal"
 
 def cmd_pipe(args: argparse.Namespace) -> int:
     """``flash-wal pipe``: publish the changes of tables to JetStream until SIGTERM."""
-    from ..contrib.nats import JetStreamSink, StreamSettings  # needs the [nats] extra
+    try:
+        from ..contrib.nats import JetStreamSink, StreamSettings  # needs the [nats] extra
+    except ModuleNotFoundError as exc:
+        raise FlashError(str(exc)) from None
 
     tables = table_selection(args)
     conditions = listen_conditions(args)

@@ -3,10 +3,10 @@ and ``flash-wal pipe``. See the documentation's scale-out page."""
 
 try:
     import nats  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    from ...errors import ConfigurationError
-
-    raise ConfigurationError("flash_wal.contrib.nats needs nats-py: pip install 'flash-wal[nats]'") from exc
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installation
+    # A ModuleNotFoundError still, as for the other integrations, with what to install.
+    raise ModuleNotFoundError("flash_wal.contrib.nats needs nats-py: pip install 'flash-wal[nats]'",
+                              name=exc.name) from exc
 
 from .publisher import StreamSettings
 from .sink import JetStreamSink
