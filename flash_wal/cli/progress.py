@@ -2,7 +2,6 @@
 rows/total, rate and time left, redrawn in place until every backfill has ended."""
 
 import threading
-import time
 from typing import Any, Callable, Dict, List, TextIO
 
 __all__ = ["BackfillProgress", "progress_line"]
@@ -52,4 +51,3 @@ class BackfillProgress:
                 self._stream.write("\n")
                 self._stream.flush()
                 return
-            time.sleep(0)

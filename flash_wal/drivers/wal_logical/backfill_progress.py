@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Tuple
 import attr
 import psycopg2
 import psycopg2.errors
+from psycopg2 import sql
 
 from ...errors import ConfigurationError, one_line
 
@@ -20,6 +21,8 @@ __all__ = ["Progress", "ensure_table", "load", "save", "drop_slot_progress"]
 
 SCHEMA = "flash_wal"
 TABLE = "backfill_progress"
+_SCHEMA = sql.Identifier(SCHEMA)
+_TABLE = sql.Identifier(SCHEMA, TABLE)
 
 
 @attr.s(frozen=True, slots=True)
@@ -32,13 +35,13 @@ class Progress:
 
 def ensure_table(cursor: Any) -> None:
     try:
-        cursor.execute(
-            f"CREATE SCHEMA IF NOT EXISTS {SCHEMA};"
-            f" CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} ("
+        cursor.execute(sql.SQL(
+            "CREATE SCHEMA IF NOT EXISTS {};"
+            " CREATE TABLE IF NOT EXISTS {} ("
             "  slot text NOT NULL, listener text NOT NULL, after_key text[], rows bigint NOT NULL DEFAULT 0,"
             "  completed boolean NOT NULL DEFAULT false, updated timestamptz NOT NULL DEFAULT now(),"
             "  PRIMARY KEY (slot, listener))"
-        )
+        ).format(_SCHEMA, _TABLE))
     except psycopg2.Error as exc:
         raise ConfigurationError(
             f"a durable backfill keeps its progress in {SCHEMA}.{TABLE}, which could not be created "
@@ -49,7 +52,7 @@ def ensure_table(cursor: Any) -> None:
 
 def load(cursor: Any, slot: str, listener: str) -> Optional[Progress]:
     cursor.execute(
-        f"SELECT after_key, rows, completed FROM {SCHEMA}.{TABLE} WHERE slot = %s AND listener = %s",
+        sql.SQL("SELECT after_key, rows, completed FROM {} WHERE slot = %s AND listener = %s").format(_TABLE),
         (slot, listener),
     )
     found = cursor.fetchone()
@@ -62,9 +65,11 @@ def load(cursor: Any, slot: str, listener: str) -> Optional[Progress]:
 def save(cursor: Any, slot: str, listener: str, progress: Progress) -> None:
     after_key: Optional[Sequence[Optional[str]]] = None if progress.after_key is None else list(progress.after_key)
     cursor.execute(
-        f"INSERT INTO {SCHEMA}.{TABLE} (slot, listener, after_key, rows, completed) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (slot, listener) DO UPDATE SET after_key = EXCLUDED.after_key, rows = EXCLUDED.rows,"
-        " completed = EXCLUDED.completed, updated = now()",
+        sql.SQL(
+            "INSERT INTO {} (slot, listener, after_key, rows, completed) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (slot, listener) DO UPDATE SET after_key = EXCLUDED.after_key, rows = EXCLUDED.rows,"
+            " completed = EXCLUDED.completed, updated = now()"
+        ).format(_TABLE),
         (slot, listener, after_key, progress.rows, progress.completed),
     )
 
@@ -74,11 +79,11 @@ def drop_slot_progress(cursor: Any, slot: str) -> None:
     cursor.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{TABLE}",))
     if not cursor.fetchone()[0]:
         return
-    cursor.execute(f"DELETE FROM {SCHEMA}.{TABLE} WHERE slot = %s", (slot,))
-    cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {SCHEMA}.{TABLE})")
+    cursor.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(_TABLE), (slot,))
+    cursor.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(_TABLE))
     if cursor.fetchone()[0]:
-        cursor.execute(f"DROP TABLE {SCHEMA}.{TABLE}")
+        cursor.execute(sql.SQL("DROP TABLE {}").format(_TABLE))
         try:
-            cursor.execute(f"DROP SCHEMA {SCHEMA}")  # only if empty: never CASCADE
+            cursor.execute(sql.SQL("DROP SCHEMA {}").format(_SCHEMA))  # only if empty: never CASCADE
         except psycopg2.errors.DependentObjectsStillExist:
             pass
